@@ -1,0 +1,1 @@
+"""Implicit differentiation and bilevel solvers (issue 7: not built yet)."""
