@@ -1,0 +1,33 @@
+"""Shared fixtures: a small ill-conditioned regression every optimizer must fit."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+
+class Regression:
+  """f(W, b) = mean ||x W + b - y||^2 with input scales spanning 1..10 (cond ~100)."""
+
+  def __init__(self, seed: int = 0, n: int = 64, d_in: int = 6, d_out: int = 3):
+    rng = np.random.default_rng(seed)
+    scales = np.geomspace(1.0, 10.0, d_in)
+    self.x = jnp.asarray(rng.normal(size=(n, d_in)) * scales, jnp.float32)
+    w_true = rng.normal(size=(d_in, d_out))
+    self.y = jnp.asarray(np.asarray(self.x) @ w_true + 0.5, jnp.float32)
+    init = rng.normal(size=(d_in, d_out)) * 0.1
+    self.params = {"w": jnp.asarray(init, jnp.float32), "b": jnp.zeros((d_out,), jnp.float32)}
+
+  def loss(self, params):
+    pred = self.x @ params["w"] + params["b"]
+    return jnp.mean(jnp.sum((pred - self.y) ** 2, axis=-1))
+
+  def grad(self, params):
+    return jax.grad(self.loss)(params)
+
+
+@pytest.fixture
+def regression() -> Regression:
+  return Regression()

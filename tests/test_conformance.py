@@ -1,0 +1,139 @@
+"""One table-driven suite over every registered optimizer (`gradkit.names()`).
+
+Per-method oracle tests live beside each module; this file checks the shared
+promises: it fits a small ill-conditioned regression under jit, does not
+retrace, works under `optax.inject_hyperparams`, keeps dtypes and state
+structure, tolerates unknown extra arguments, rejects bad input clearly, and
+leaves state untouched on a non-finite gradient inside `optax.apply_if_finite`.
+"""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import gradkit
+from gradkit.registry import get_factory
+
+NAMES = gradkit.names()
+LEARNING_RATES = (1e-1, 1e-2, 1e-3, 1e-4)
+STEPS = 150
+
+
+def _train(tx, problem, steps=STEPS):
+  state = tx.init(problem.params)
+
+  @jax.jit
+  def step(params, state):
+    grads = problem.grad(params)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  params = problem.params
+  for _ in range(steps):
+    params, state = step(params, state)
+  return float(problem.loss(params))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fits_ill_conditioned_regression(name, regression):
+  initial = float(regression.loss(regression.params))
+  finals = [_train(gradkit.create(name, learning_rate=lr), regression) for lr in LEARNING_RATES]
+  best = min(f for f in finals if np.isfinite(f))
+  assert best < 0.1 * initial, f"{name}: best final loss {best} vs initial {initial} ({finals})"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_jitted_update_does_not_retrace(name, regression):
+  tx = gradkit.create(name)
+  traces = []
+
+  @jax.jit
+  def step(params, state):
+    traces.append(1)
+    updates, state = tx.update(regression.grad(params), state, params)
+    return optax.apply_updates(params, updates), state
+
+  params, state = regression.params, tx.init(regression.params)
+  for _ in range(4):
+    params, state = step(params, state)
+  assert len(traces) == 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_inject_hyperparams_matches_plain_factory(name, regression):
+  factory = get_factory(name)
+  plain = factory(learning_rate=0.01)
+  injected = optax.inject_hyperparams(factory)(learning_rate=0.01)
+  p_plain, s_plain = regression.params, plain.init(regression.params)
+  p_inj, s_inj = regression.params, injected.init(regression.params)
+  for _ in range(3):
+    u, s_plain = jax.jit(plain.update)(regression.grad(p_plain), s_plain, p_plain)
+    p_plain = optax.apply_updates(p_plain, u)
+    u, s_inj = jax.jit(injected.update)(regression.grad(p_inj), s_inj, p_inj)
+    p_inj = optax.apply_updates(p_inj, u)
+  chex.assert_trees_all_close(p_plain, p_inj, rtol=1e-4, atol=1e-6)
+  assert float(s_inj.hyperparams["learning_rate"]) == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_dtypes_and_state_structure_are_preserved(name, dtype, regression):
+  tx = gradkit.create(name)
+  params = jax.tree.map(lambda p: p.astype(dtype), regression.params)
+  state0 = tx.init(params)
+  grads = jax.tree.map(lambda g: g.astype(dtype), regression.grad(params))
+  updates, state1 = jax.jit(tx.update)(grads, state0, params)
+  new_params = optax.apply_updates(params, updates)
+  chex.assert_trees_all_equal_dtypes(updates, params)
+  chex.assert_trees_all_equal_structs(state0, state1)
+  assert all(np.all(np.isfinite(np.asarray(x, np.float32))) for x in jax.tree.leaves(new_params))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_unknown_extra_arguments_are_tolerated(name, regression):
+  tx = gradkit.create(name)
+  state = tx.init(regression.params)
+  grads = regression.grad(regression.params)
+  expected, _ = tx.update(grads, state, regression.params)
+  got, _ = tx.update(grads, state, regression.params, some_unused_extra_arg=3.0)
+  chex.assert_trees_all_close(expected, got)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_negative_learning_rate_is_rejected(name):
+  with pytest.raises(ValueError, match="learning_rate"):
+    gradkit.create(name, learning_rate=-1e-3)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_mismatched_gradient_tree_is_rejected(name, regression):
+  tx = gradkit.create(name)
+  state = tx.init(regression.params)
+  wrong_shape = {"w": jnp.ones((6, 2)), "b": jnp.ones((3,))}
+  with pytest.raises(ValueError, match=r"\['w'\].*shape"):
+    tx.update(wrong_shape, state, regression.params)
+  missing_leaf = {"w": jnp.ones((6, 3))}
+  with pytest.raises(ValueError, match="structures differ"):
+    tx.update(missing_leaf, state, regression.params)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_non_finite_gradient_leaves_state_intact_under_apply_if_finite(name, regression):
+  tx = optax.apply_if_finite(gradkit.create(name, learning_rate=1e-2), max_consecutive_errors=5)
+  update = jax.jit(tx.update)
+  params, state = regression.params, tx.init(regression.params)
+  updates, state = update(regression.grad(params), state, params)
+  params = optax.apply_updates(params, updates)
+  bad = jax.tree.map(lambda g: g.at[0].set(jnp.nan), regression.grad(params))
+  updates, bad_state = update(bad, state, params)
+  chex.assert_trees_all_equal(bad_state.inner_state, state.inner_state)
+  chex.assert_trees_all_equal(updates, jax.tree.map(jnp.zeros_like, params))
+  assert int(bad_state.notfinite_count) == 1
+  updates, state = update(regression.grad(params), bad_state, params)
+  assert int(state.notfinite_count) == 0
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(updates))
