@@ -22,6 +22,11 @@ from gradkit.registry import get_factory
 NAMES = gradkit.names()
 LEARNING_RATES = (1e-1, 1e-2, 1e-3, 1e-4)
 STEPS = 150
+# On a 21-parameter problem Adam-Clip's default fraction 0.5 clips at the median
+# |g|, which reaches ~0 once the easy half of the coordinates has converged, and
+# the method stalls (reproduced with an independent numpy port of the official
+# rule); the fit check uses the fraction the paper uses for SGD.
+FIT_OVERRIDES = {"adam_clip": {"fraction": 0.1}}
 
 
 def _train(tx, problem, steps=STEPS):
@@ -42,7 +47,11 @@ def _train(tx, problem, steps=STEPS):
 @pytest.mark.parametrize("name", NAMES)
 def test_fits_ill_conditioned_regression(name, regression):
   initial = float(regression.loss(regression.params))
-  finals = [_train(gradkit.create(name, learning_rate=lr), regression) for lr in LEARNING_RATES]
+  hparams = FIT_OVERRIDES.get(name, {})
+  finals = [
+      _train(gradkit.create(name, learning_rate=lr, **hparams), regression)
+      for lr in LEARNING_RATES
+  ]
   best = min(f for f in finals if np.isfinite(f))
   assert best < 0.1 * initial, f"{name}: best final loss {best} vs initial {initial} ({finals})"
 

@@ -1,0 +1,92 @@
+"""diffGrad (Dubey et al., IEEE TNNLS 2020): Adam damped by gradient friction."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gradkit import _checks
+from gradkit.optimizers._recipe import MaskOrFn, recipe
+from gradkit.registry import register
+from gradkit.transforms.friction import scale_by_friction
+
+
+def _scale_by_adam_eps_before_correction(
+    b1: float, b2: float, eps: float
+) -> optax.GradientTransformation:
+  """Adam in the step-size form of its paper's Algorithm 1 note.
+
+  sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps): eps is added to the
+  uncorrected sqrt(v), as in diffGrad_v2.py (and Hugging Face's legacy
+  AdamW). This equals optax.scale_by_adam with a time-dependent
+  eps / sqrt(1 - b2^t). The moments and the state are optax.scale_by_adam's
+  own; only the final division differs.
+  """
+  adam = optax.scale_by_adam(b1, b2, eps)
+
+  def update_fn(updates, state, params=None):
+    del params
+    # Only optax's moments are used; its own direction is dead code under jit.
+    _, state = adam.update(updates, state)
+    m_hat = optax.tree.bias_correction(state.mu, b1, state.count)
+    step_factor = jnp.sqrt(1 - jnp.asarray(b2, jnp.float32) ** state.count)
+    updates = jax.tree.map(
+        lambda m, v: m * step_factor.astype(m.dtype) / (jnp.sqrt(v) + eps),
+        m_hat,
+        state.nu,
+    )
+    return updates, state
+
+  return optax.GradientTransformation(adam.init, update_fn)
+
+
+@register("diffgrad")
+def diffgrad(
+    learning_rate: optax.ScalarOrSchedule = 1e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    mask: MaskOrFn = None,
+) -> optax.GradientTransformationExtraArgs:
+  """diffGrad: Adam whose step is scaled by xi = sigmoid(|g_{t-1} - g_t|).
+
+  Follows the fixed official implementation (diffGrad_v2.py):
+
+    g <- g + wd * p                          (coupled L2, as in the paper's code)
+    m, v <- Adam moments of g
+    xi = sigmoid(|g_prev - g|);  g_prev <- g
+    p <- p - lr * sqrt(1 - b2^t) / (1 - b1^t) * xi * m / (sqrt(v) + eps)
+
+  Weight decay is COUPLED: it is added to the gradient before the moments and
+  before the friction difference (optax.add_decayed_weights placed first,
+  with `mask`); the shared recipe tail's decoupled decay is left at 0. eps is
+  added to sqrt(v) before bias correction (see
+  `_scale_by_adam_eps_before_correction`). Every step lies between 0.5x and
+  1x the corresponding Adam step, coordinate-wise.
+
+  Args:
+    learning_rate: step size, float or optax schedule.
+    b1, b2: Adam's moment decay rates.
+    eps: added to sqrt(v) before bias correction.
+    weight_decay: coupled L2 coefficient (float or schedule).
+    mask: tree or callable selecting the leaves that get weight decay.
+
+  References:
+    Dubey et al., diffGrad: An Optimization Method for Convolutional Neural
+    Networks, IEEE TNNLS 31(11), 2020 (arXiv:1909.11015).
+
+  Example:
+    >>> import gradkit
+    >>> tx = gradkit.optimizers.diffgrad(learning_rate=1e-3)
+  """
+  _checks.check_unit_interval("b1", b1)
+  _checks.check_unit_interval("b2", b2)
+  _checks.check_non_negative("eps", eps)
+  _checks.check_non_negative("weight_decay", weight_decay)
+  return recipe(
+      optax.add_decayed_weights(weight_decay, mask),
+      scale_by_friction(_scale_by_adam_eps_before_correction(b1, b2, eps)),
+      learning_rate=learning_rate,
+  )

@@ -1,0 +1,52 @@
+"""SGD-SaI: SGD with momentum and learning-rate scaling at initialization."""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+from gradkit import _checks
+from gradkit.optimizers._recipe import MaskOrFn, recipe
+from gradkit.registry import register
+from gradkit.transforms.gsnr_scaling import ema_from_first_update, scale_by_gsnr_at_init
+
+
+@register("sgd_sai")
+def sgd_sai(
+    learning_rate: optax.ScalarOrSchedule = 1e-2,
+    momentum: jax.typing.ArrayLike = 0.9,
+    eps: jax.typing.ArrayLike = 1e-8,
+    weight_decay: optax.ScalarOrSchedule = 1e-2,
+    mask: MaskOrFn = None,
+    normalize_by_max: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+  """SGD-SaI (Xu et al., 2024, arXiv 2412.11768), as the official code.
+
+  p <- p * (1 - lr * wd) - lr * gsnr * m, where m is the EMA momentum started
+  at the first gradient (`ema_from_first_update`) and gsnr the per-leaf
+  g-SNR of the first gradient (`scale_by_gsnr_at_init`), fixed thereafter.
+  Both factors are linear and gsnr is constant, so scaling after the
+  momentum equals the official order; the buffer holds the unscaled EMA as
+  in the official code. momentum = 0 is plain SGD with the g-SNR scale.
+  Raw g-SNR grows like sqrt(leaf size), so the usable base learning rate
+  is small; `normalize_by_max=True` gives the paper's Algorithm 1 instead.
+
+  Args:
+    learning_rate: base step size (float or schedule).
+    momentum: EMA coefficient in [0, 1).
+    eps: added to the gradient std in the g-SNR.
+    weight_decay: decoupled decay coefficient (float or schedule).
+    mask: which leaves get weight decay (tree or callable), as in optax.
+    normalize_by_max: divide the scores by their maximum over all leaves.
+
+  Example:
+    >>> import gradkit, jax.numpy as jnp
+    >>> tx = gradkit.optimizers.sgd_sai(learning_rate=1e-3)
+    >>> state = tx.init({"w": jnp.ones((2, 2))})
+  """
+  _checks.check_unit_interval("momentum", momentum)
+  return recipe(
+      ema_from_first_update(momentum),
+      scale_by_gsnr_at_init(eps, normalize_by_max),
+      learning_rate=learning_rate, weight_decay=weight_decay, mask=mask,
+  )

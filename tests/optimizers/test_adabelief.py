@@ -1,0 +1,149 @@
+"""adabelief: the official update by hand, optax.adabelief, schedules, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import gradkit
+from gradkit.optimizers.adabelief import adabelief
+
+RNG = np.random.default_rng(2)
+PARAMS = {"w": RNG.normal(size=(2, 3)), "b": RNG.normal(size=(3,))}
+GRADS = [{"w": RNG.normal(size=(2, 3)) * s, "b": RNG.normal(size=(3,)) * s}
+         for s in RNG.uniform(0.1, 2.0, size=50)]
+MASK = {"w": True, "b": False}
+
+
+def _f32(tree):
+  return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree)
+
+
+GRADS_F32 = [_f32(g) for g in GRADS]
+
+
+def _trajectory(tx, steps=len(GRADS)):
+  @jax.jit
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  params, state = _f32(PARAMS), tx.init(_f32(PARAMS))
+  out = []
+  for g in GRADS_F32[:steps]:
+    params, state = step(params, state, g)
+    out.append(params)
+  return jax.device_get(out)
+
+
+def _official(lr, b1, b2, eps, wd, rectify, steps):
+  """adabelief-pytorch 0.2.0's step (weight_decouple=True) in float64."""
+  p = {k: v.copy() for k, v in PARAMS.items()}
+  m = {k: np.zeros_like(v) for k, v in PARAMS.items()}
+  s = {k: np.zeros_like(v) for k, v in PARAMS.items()}
+  out, branches = [], set()
+  for t, g in enumerate(GRADS[:steps], start=1):
+    bc1, bc2 = 1 - b1**t, 1 - b2**t
+    n_max = 2 / (1 - b2) - 1
+    n_sma = n_max - 2 * t * b2**t / (1 - b2**t)
+    for k in p:
+      p[k] = p[k] * (1 - lr * (wd if MASK[k] else 0.0))
+      m[k] = b1 * m[k] + (1 - b1) * g[k]
+      s[k] = b2 * s[k] + (1 - b2) * (g[k] - m[k]) ** 2 + eps
+      if not rectify:
+        p[k] = p[k] - lr / bc1 * m[k] / (np.sqrt(s[k]) / math.sqrt(bc2) + eps)
+      elif n_sma >= 5:
+        step = math.sqrt(bc2 * (n_sma - 4) / (n_max - 4) * (n_sma - 2) / n_sma
+                         * n_max / (n_max - 2)) / bc1
+        p[k] = p[k] - lr * step * m[k] / (np.sqrt(s[k]) + eps)
+      else:
+        p[k] = p[k] - lr / bc1 * m[k]
+    branches.add(bool(rectify and n_sma >= 5))
+    out.append({k: v.copy() for k, v in p.items()})
+  return out, branches
+
+
+@pytest.mark.parametrize("rectify,steps", [(False, 2), (True, 8)])
+def test_steps_match_the_official_code(rectify, steps):
+  # A large eps makes its two placements (inside s, in the denominator)
+  # visible in float32; b2=0.9 reaches the rectified branch at step 6.
+  hp = dict(lr=0.05, b1=0.9, b2=0.9, eps=1e-2, wd=0.3)
+  expected, branches = _official(**hp, rectify=rectify, steps=steps)
+  if rectify:
+    assert branches == {False, True}
+  tx = adabelief(hp["lr"], hp["b1"], hp["b2"], hp["eps"], hp["wd"], MASK, rectify=rectify)
+  for g, e in zip(_trajectory(tx, steps), expected):
+    for k in e:
+      np.testing.assert_allclose(g[k], e[k], rtol=1e-5, atol=1e-6)
+
+
+def test_default_first_step_is_momentum_sgd():
+  """Official defaults (rectify=True, lr 1e-3, no decay): step 1 is -lr * g."""
+  tx = gradkit.create("adabelief")
+  updates, _ = jax.jit(tx.update)(GRADS_F32[0], tx.init(_f32(PARAMS)), _f32(PARAMS))
+  for k in PARAMS:
+    np.testing.assert_allclose(updates[k], -1e-3 * GRADS[0][k], rtol=1e-5)
+
+
+def test_unrectified_equals_optax_adabelief_over_50_steps():
+  ours = _trajectory(adabelief(1e-2, 0.8, 0.99, eps=1e-8, rectify=False))
+  theirs = _trajectory(optax.adabelief(1e-2, 0.8, 0.99, eps=1e-8, eps_root=1e-8))
+  for a, b in zip(ours, theirs):
+    for k in a:
+      np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-7)
+
+
+def test_weight_decay_is_the_only_difference_from_optax():
+  """optax.adabelief has no decay: ours differs by exactly -lr * wd * p on MASK."""
+  lr, wd = 1e-2, 0.3
+  ours = adabelief(lr, eps=1e-8, weight_decay=wd, mask=MASK, rectify=False)
+  theirs = optax.adabelief(lr, eps=1e-8, eps_root=1e-8)
+  update_ours, update_theirs = jax.jit(ours.update), jax.jit(theirs.update)
+  params = _f32(PARAMS)
+  s_ours, s_theirs = ours.init(params), theirs.init(params)
+  for g in GRADS_F32:
+    u_ours, s_ours = update_ours(g, s_ours, params)
+    u_theirs, s_theirs = update_theirs(g, s_theirs, params)
+    for k in params:
+      decay = -lr * wd * np.asarray(params[k]) if MASK[k] else 0.0
+      np.testing.assert_allclose(u_ours[k] - u_theirs[k], decay, rtol=1e-4, atol=1e-7)
+    params = optax.apply_updates(params, u_ours)
+
+
+@pytest.mark.parametrize("rectify", [False, True])
+def test_schedule_matches_constant_at_step_zero_then_follows_it(rectify):
+  schedule = optax.linear_schedule(0.1, 0.0, transition_steps=4)
+  kw = dict(weight_decay=0.5, mask=MASK, rectify=rectify)
+  with_schedule = _trajectory(adabelief(schedule, **kw), steps=2)
+  constant = _trajectory(adabelief(0.1, **kw), steps=2)
+  for k in PARAMS:
+    np.testing.assert_allclose(with_schedule[0][k], constant[0][k], rtol=1e-6)
+  assert not np.allclose(with_schedule[1]["w"], constant[1]["w"])
+
+
+@pytest.mark.parametrize("rectify", [False, True])
+def test_inject_hyperparams_gives_the_same_updates(rectify):
+  hp = dict(learning_rate=0.01, b1=0.8, b2=0.9, eps=1e-6, weight_decay=0.2)
+  plain = _trajectory(adabelief(**hp, mask=MASK, rectify=rectify), steps=8)
+  injected = _trajectory(
+      optax.inject_hyperparams(adabelief)(**hp, mask=MASK, rectify=rectify), steps=8)
+  for a, b in zip(plain, injected):
+    for k in a:
+      np.testing.assert_allclose(a[k], b[k], rtol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    ({"learning_rate": -1e-3}, "learning_rate"),
+    ({"weight_decay": -0.1}, "weight_decay"),
+    ({"b1": 1.0}, "b1"),
+    ({"b2": -0.5}, "b2"),
+    ({"eps": -1e-8}, "eps"),
+])
+def test_invalid_hyperparameters_are_rejected(kwargs, name):
+  with pytest.raises(ValueError, match=name):
+    adabelief(**kwargs)

@@ -1,0 +1,180 @@
+"""Clipping of the largest gradient coordinates to an adaptive threshold.
+
+Pan & Li, "Toward Understanding Why Adam Converges Faster Than SGD for
+Transformers" (OPT 2022, arXiv 2306.00204); official code panyan7/adam-vs-sgd.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gradkit import _checks
+
+
+class ScaleByAdamClippedFirstMomentState(NamedTuple):
+  """State of `scale_by_adam_clipped_first_moment` (as optax's Adam state)."""
+
+  count: jax.Array  # int32 scalar.
+  mu: optax.Updates
+  nu: optax.Updates
+
+
+def _check_fraction(fraction: Any, threshold_scale: Any) -> None:
+  if callable(fraction):
+    raise ValueError(
+        "fraction must be a number; schedule it through optax.inject_hyperparams"
+    )
+  _checks.check_unit_interval("fraction", fraction, closed=True)
+  _checks.check_non_negative("threshold_scale", threshold_scale)
+
+
+def _static_threshold(magnitudes: jax.Array, fraction: float) -> jax.Array:
+  d = magnitudes.size
+  index = int(d * fraction)  # The official int(d * zeta), same rounding.
+  if index >= d:
+    return jnp.zeros([], magnitudes.dtype)
+  # The value at descending position `index` is also the smallest of the
+  # index + 1 largest, or minus the largest of the d - index smallest
+  # negated: take whichever top_k is shorter.
+  if index + 1 <= d - index:
+    return jax.lax.top_k(magnitudes, index + 1)[0][-1]
+  return -jax.lax.top_k(-magnitudes, d - index)[0][-1]
+
+
+def _traced_threshold(magnitudes: jax.Array, fraction: jax.Array) -> jax.Array:
+  d = magnitudes.size
+  index = jnp.floor(fraction * d).astype(jnp.int32)
+  ascending = jnp.sort(magnitudes)
+  value = ascending[jnp.clip(d - 1 - index, 0, d - 1)]
+  return jnp.where(index >= d, jnp.zeros_like(value), value)
+
+
+def _clip_top_fraction(updates: Any, fraction: Any, threshold_scale: Any) -> Any:
+  leaves = jax.tree.leaves(updates)
+  if not leaves:
+    return updates
+  magnitudes = jnp.concatenate([jnp.abs(g).ravel() for g in leaves])
+  if isinstance(fraction, jax.core.Tracer):
+    tau = _traced_threshold(magnitudes, fraction)
+  else:
+    tau = _static_threshold(magnitudes, float(fraction))
+  tau = tau * threshold_scale
+  return jax.tree.map(
+      lambda g: jnp.clip(g, -tau.astype(g.dtype), tau.astype(g.dtype)), updates
+  )
+
+
+def clip_coordinates_top_fraction(
+    fraction: float, threshold_scale: jax.typing.ArrayLike = 1.0
+) -> optax.GradientTransformation:
+  """Clips the top `fraction` of coordinates, by magnitude, over the whole tree.
+
+  tau = the value at 0-based position floor(fraction * d) of |g| sorted in
+  descending order, where g concatenates ALL leaves (d entries: the official
+  rule per parameter group); then every entry is clipped to
+  [-threshold_scale * tau, threshold_scale * tau]. About fraction * d
+  coordinates are clipped; fraction = 0 leaves the updates unchanged,
+  fraction = 1 gives tau = 0 (all zeros). Stateless.
+
+  With a Python-number fraction the threshold is one `jax.lax.top_k` of
+  length min(k, d - k + 1), k = floor(fraction * d) + 1, fixed by the shapes.
+  A traced fraction (`optax.inject_hyperparams` without
+  `static_args=("fraction",)`) is also accepted: it sorts all d magnitudes
+  and computes floor(fraction * d) in the hyperparameter's dtype (float32),
+  which can differ by one position from the float64 rule for huge d.
+  Under sharding the threshold is exact and global: XLA gathers the d
+  magnitudes to compute it (one all-gather per step); the clipping itself
+  stays sharded like the leaves.
+
+  Args:
+    fraction: share of coordinates to clip, in [0, 1].
+    threshold_scale: multiplies the threshold (official `threshold_scale`).
+
+  Returns:
+    An `optax.GradientTransformation`.
+
+  References:
+    Pan & Li, Toward Understanding Why Adam Converges Faster Than SGD for
+    Transformers, arXiv 2306.00204, 2022.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> tx = clip_coordinates_top_fraction(0.25)
+    >>> u, _ = tx.update(jnp.array([1.0, -8.0, 2.0, 0.5]), tx.init(None))
+    >>> u.tolist()
+    [1.0, -2.0, 2.0, 0.5]
+  """
+  _check_fraction(fraction, threshold_scale)
+
+  def init_fn(params):
+    del params
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None):
+    del params
+    if not isinstance(fraction, jax.core.Tracer) and float(fraction) == 0.0:
+      return updates, state
+    return _clip_top_fraction(updates, fraction, threshold_scale), state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def scale_by_adam_clipped_first_moment(
+    fraction: float,
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    threshold_scale: jax.typing.ArrayLike = 1.0,
+) -> optax.GradientTransformation:
+  """Adam whose first moment sees the coordinate-clipped gradient.
+
+  m <- b1 m + (1 - b1) clip(g), v <- b2 v + (1 - b2) g^2 (unclipped), output
+  m_hat / (sqrt(v_hat) + eps) with the bias corrections and eps placement of
+  `optax.scale_by_adam`, built from the same optax.tree helpers. clip(g) is
+  `clip_coordinates_top_fraction(fraction, threshold_scale)`; fraction = 0
+  gives exactly `optax.scale_by_adam(b1, b2, eps)`.
+
+  Args:
+    fraction: share of coordinates clipped in the first-moment input.
+    b1: first-moment decay.
+    b2: second-moment decay.
+    eps: added to sqrt(v_hat).
+    threshold_scale: multiplies the clipping threshold.
+
+  Returns:
+    An `optax.GradientTransformation`.
+
+  References:
+    Pan & Li, arXiv 2306.00204 (official AdamClip, panyan7/adam-vs-sgd).
+  """
+  _check_fraction(fraction, threshold_scale)
+  _checks.check_unit_interval("b1", b1)
+  _checks.check_unit_interval("b2", b2)
+  _checks.check_non_negative("eps", eps)
+  clip = clip_coordinates_top_fraction(fraction, threshold_scale)
+
+  def init_fn(params):
+    return ScaleByAdamClippedFirstMomentState(
+        count=jnp.zeros([], jnp.int32),
+        mu=optax.tree.zeros_like(params),
+        nu=optax.tree.zeros_like(params),
+    )
+
+  def update_fn(updates, state, params=None):
+    del params
+    clipped, _ = clip.update(updates, optax.EmptyState())
+    mu = optax.tree.update_moment(clipped, state.mu, b1, 1)
+    nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
+    count = optax.safe_increment(state.count)
+    mu_hat = optax.tree.bias_correction(mu, b1, count)
+    nu_hat = optax.tree.bias_correction(nu, b2, count)
+    updates = jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + eps), mu_hat, nu_hat)
+    mu = optax.tree.cast_like(mu, state.mu)
+    nu = optax.tree.cast_like(nu, state.nu)
+    return updates, ScaleByAdamClippedFirstMomentState(count=count, mu=mu, nu=nu)
+
+  return optax.GradientTransformation(init_fn, update_fn)

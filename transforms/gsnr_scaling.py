@@ -1,0 +1,136 @@
+"""Per-block learning-rate scales fixed from the first gradient (SGD-SaI).
+
+Xu, Xiang, Cai, Wen, "No More Adam: Learning Rate Scaling at Initialization
+is All You Need" (arXiv 2412.11768); official code AnonymousAlethiometer/SGD_SaI.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gradkit import _checks
+
+
+class ScaleByGsnrAtInitState(NamedTuple):
+  """State of `scale_by_gsnr_at_init`."""
+
+  count: jax.Array  # int32 scalar: number of updates seen.
+  gsnr: optax.Updates  # float32 scalar per leaf, fixed after the first update.
+
+
+class EmaFromFirstUpdateState(NamedTuple):
+  """State of `ema_from_first_update`."""
+
+  count: jax.Array  # int32 scalar.
+  ema: optax.Updates
+
+
+def _block_gsnr(g: jax.Array, eps: jax.typing.ArrayLike) -> jax.Array:
+  g = g.astype(jnp.float32)
+  if g.size < 2:
+    # The unbiased std of one element is undefined (torch gives NaN -> 0).
+    return jnp.ones([], jnp.float32)
+  norm = jnp.sqrt(jnp.sum(g * g))
+  sigma = jnp.std(g, ddof=1)
+  # sigma == 0 (constant or all-zero gradient) would give |g| / eps, up to
+  # 1e8 x the gradient, or freeze an all-zero block forever: use scale 1.
+  return jnp.where(sigma > 0, norm / (sigma + eps), jnp.ones([], jnp.float32))
+
+
+def scale_by_gsnr_at_init(
+    eps: jax.typing.ArrayLike = 1e-8, normalize_by_max: bool = False
+) -> optax.GradientTransformation:
+  """Scales each leaf by its gradient signal-to-noise ratio at the first step.
+
+  On the first update, for every leaf (block) g of the incoming updates:
+  g-SNR = ||g||_2 / (std(g, ddof=1) + eps), stored as a float32 scalar and
+  never updated. Every update (the first included) is multiplied leafwise by
+  the stored value. A block whose std is zero or undefined (one element, a
+  constant or an all-zero gradient) gets g-SNR = 1 instead of the official
+  code's ||g|| / eps (see BUILD_NOTES.md). Non-finite first gradients are
+  best skipped with `optax.apply_if_finite`: the scores are then taken from
+  the first finite gradient.
+
+  Args:
+    eps: added to the standard deviation.
+    normalize_by_max: divide every score by the largest over all leaves, as
+      in the paper's Algorithm 1 (the released v1.0.3 code does not).
+
+  Returns:
+    An `optax.GradientTransformation`.
+
+  References:
+    Xu et al., No More Adam: Learning Rate Scaling at Initialization is All
+    You Need, arXiv 2412.11768, 2024.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> tx = scale_by_gsnr_at_init()
+    >>> g = {"w": jnp.array([[1.0, 2.0], [3.0, 4.0]])}
+    >>> u, state = tx.update(g, tx.init(g))
+    >>> round(float(state.gsnr["w"]), 4)
+    4.2426
+  """
+  _checks.check_non_negative("eps", eps)
+
+  def init_fn(params):
+    gsnr = jax.tree.map(lambda _: jnp.ones([], jnp.float32), params)
+    return ScaleByGsnrAtInitState(count=jnp.zeros([], jnp.int32), gsnr=gsnr)
+
+  def first_scores(updates):
+    gsnr = jax.tree.map(lambda g: _block_gsnr(g, eps), updates)
+    if normalize_by_max and jax.tree.leaves(gsnr):
+      top = jnp.max(jnp.stack(jax.tree.leaves(gsnr)))
+      gsnr = jax.tree.map(lambda s: s / top, gsnr)
+    return gsnr
+
+  def update_fn(updates, state, params=None):
+    del params
+    # lax.cond runs the reductions only on the first step.
+    gsnr = jax.lax.cond(
+        state.count == 0, first_scores, lambda _: state.gsnr, updates
+    )
+    updates = jax.tree.map(lambda g, s: g * s.astype(g.dtype), updates, gsnr)
+    count = optax.safe_increment(state.count)
+    return updates, ScaleByGsnrAtInitState(count=count, gsnr=gsnr)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def ema_from_first_update(
+    decay: jax.typing.ArrayLike,
+) -> optax.GradientTransformation:
+  """EMA momentum whose first value is the first update itself.
+
+  m_1 = g_1 and m_t = decay * m_{t-1} + (1 - decay) * g_t afterwards, with no
+  bias correction: the momentum buffer of the official SGD-SaI code.
+  `optax.ema` starts from (1 - decay) g_1 (or rescales every step when
+  debiased) and `optax.trace` adds g_t without the (1 - decay) factor, so
+  neither matches. decay = 0 passes the updates through.
+
+  Args:
+    decay: the momentum coefficient in [0, 1).
+
+  Returns:
+    An `optax.GradientTransformation`; the buffer keeps the params' dtype.
+  """
+  _checks.check_unit_interval("decay", decay)
+
+  def init_fn(params):
+    return EmaFromFirstUpdateState(
+        count=jnp.zeros([], jnp.int32), ema=optax.tree.zeros_like(params)
+    )
+
+  def update_fn(updates, state, params=None):
+    del params
+    step_decay = jnp.where(state.count == 0, 0.0, decay)
+    ema = optax.tree.update_moment(updates, state.ema, step_decay, 1)
+    ema = optax.tree.cast_like(ema, state.ema)
+    count = optax.safe_increment(state.count)
+    return ema, EmaFromFirstUpdateState(count=count, ema=ema)
+
+  return optax.GradientTransformation(init_fn, update_fn)
