@@ -13,10 +13,12 @@ def state_nbytes(state: Any) -> int:
 
   Works on concrete arrays and on `jax.ShapeDtypeStruct` trees (e.g. from
   `jax.eval_shape(tx.init, params)`), so large states can be sized without
-  allocating them. Python scalars and `None` count as zero bytes.
+  allocating them. Typed PRNG keys count their key data (8 bytes for the
+  default threefry key). Python scalars and `None` count as zero bytes.
   """
   total = 0
   for leaf in jax.tree.leaves(state):
     if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
-      total += int(np.prod(leaf.shape, dtype=np.int64)) * np.dtype(leaf.dtype).itemsize
+      # dtype.itemsize, not np.dtype(...): typed PRNG keys have no numpy dtype.
+      total += int(np.prod(leaf.shape, dtype=np.int64)) * leaf.dtype.itemsize
   return total

@@ -41,3 +41,9 @@ def test_state_nbytes_counts_every_array_leaf():
 def test_register_refuses_to_rebind_a_name():
   with pytest.raises(ValueError, match="already registered"):
     gradkit.registry.register("adamw")(lambda: None)
+
+
+def test_state_nbytes_counts_typed_prng_keys():
+  keys = {"key": jax.random.key(0), "keys": jax.random.split(jax.random.key(1), 3)}
+  raw_bytes = 4 * jax.random.key_data(keys["key"]).size * 4  # four uint32 keys' data
+  assert gradkit.state_nbytes(keys) == raw_bytes

@@ -19,20 +19,23 @@ class ProjectRadialState(NamedTuple):
   decay_state: optax.OptState  # optax.add_decayed_weights's (schedule count, mask)
 
 
-def _project_rows(g, d, p, delta, eps):
-  """Tests one view (rows of 2-D g, d, p) and projects d if the test fires.
+def _project_view(g, d, p, axes, row_length, delta, eps):
+  """Tests one view and projects d if the test fires.
 
-  Fires when max_i |cos(g_i, p_i)| < delta / sqrt(row length); cos clamps each
-  norm at eps, as torch's F.cosine_similarity does.
+  A view's rows are the slices reduced over `axes` (every axis but the
+  channel axis for the channel view, all axes for the layer view), so no
+  transpose or reshape is materialized. Fires when
+  max_i |cos(g_i, p_i)| < delta / sqrt(row_length); cos clamps each norm at
+  eps, as torch's F.cosine_similarity does.
   """
-  g_norm = jnp.linalg.norm(g, axis=1)
-  p_norm = jnp.linalg.norm(p, axis=1)
-  cosine = jnp.abs(jnp.sum(g * p, axis=1)) / (
+  g_norm = jnp.sqrt(jnp.sum(g * g, axis=axes, keepdims=True))
+  p_norm = jnp.sqrt(jnp.sum(p * p, axis=axes, keepdims=True))
+  cosine = jnp.abs(jnp.sum(g * p, axis=axes, keepdims=True)) / (
       jnp.maximum(g_norm, eps) * jnp.maximum(p_norm, eps)
   )
-  fired = jnp.max(cosine) < delta / math.sqrt(g.shape[1])
-  p_hat = p / (p_norm[:, None] + eps)
-  tangential = d - p_hat * jnp.sum(p_hat * d, axis=1, keepdims=True)
+  fired = jnp.max(cosine) < delta / math.sqrt(row_length)
+  p_hat = p / (p_norm + eps)
+  tangential = d - p_hat * jnp.sum(p_hat * d, axis=axes, keepdims=True)
   return fired, tangential
 
 
@@ -40,22 +43,18 @@ def _project_leaf(g, d, p, delta, wd_ratio, eps, channel_axis):
   """(direction, weight-decay ratio) for one leaf; ndim <= 1 leaves pass."""
   if p.ndim <= 1 or p.size == 0:
     return d, jnp.ones((), p.dtype)
-  moved = [jnp.moveaxis(x, channel_axis, 0) for x in (g, d, p)]
-  shape = moved[0].shape
-  channel_fired, channel_d = _project_rows(
-      *[x.reshape(shape[0], -1) for x in moved], delta, eps
+  channel = channel_axis % p.ndim
+  row_axes = tuple(a for a in range(p.ndim) if a != channel)
+  channel_fired, channel_d = _project_view(
+      g, d, p, row_axes, p.size // p.shape[channel], delta, eps
   )
-  layer_fired, layer_d = _project_rows(
-      *[x.reshape(1, -1) for x in moved], delta, eps
+  layer_fired, layer_d = _project_view(
+      g, d, p, tuple(range(p.ndim)), p.size, delta, eps
   )
   # Channel view first; the layer view only counts when the channel view fails.
-  projected = jnp.where(
-      channel_fired,
-      channel_d.reshape(shape),
-      jnp.where(layer_fired, layer_d.reshape(shape), moved[1]),
-  )
+  projected = jnp.where(channel_fired, channel_d, jnp.where(layer_fired, layer_d, d))
   ratio = jnp.where(channel_fired | layer_fired, wd_ratio, 1.0).astype(p.dtype)
-  return jnp.moveaxis(projected, 0, channel_axis).astype(d.dtype), ratio
+  return projected.astype(d.dtype), ratio
 
 
 def project_radial(
