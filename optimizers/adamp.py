@@ -2,67 +2,13 @@
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 import optax
 
 from gradkit import _checks
 from gradkit.optimizers._recipe import MaskOrFn, recipe
 from gradkit.registry import register
+from gradkit.transforms.moments import scale_by_adam_lookahead, trace_with_dampening
 from gradkit.transforms.radial_projection import project_radial
-
-
-def _scale_by_adam_lookahead(
-    b1: float, b2: float, eps: float
-) -> optax.GradientTransformation:
-  """AdamP's Nesterov direction: (b1 m_t + (1 - b1) g_t) / (1 - b1^t) / denom.
-
-  optax.scale_by_adam(nesterov=True) corrects the b1 m_t term by
-  1 - b1^(t+1) (NAdam); the official AdamP divides the whole look-ahead by
-  1 - b1^t. Moments and state are optax.scale_by_adam's own.
-  """
-  adam = optax.scale_by_adam(b1, b2, eps)
-
-  def update_fn(updates, state, params=None):
-    del params
-    # Only optax's moments are used; its own direction is dead code under jit.
-    _, state = adam.update(updates, state)
-    lookahead = optax.tree.update_moment(updates, state.mu, b1, 1)
-    m_hat = optax.tree.bias_correction(lookahead, b1, state.count)
-    v_hat = optax.tree.bias_correction(state.nu, b2, state.count)
-    updates = jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + eps), m_hat, v_hat)
-    return updates, state
-
-  return optax.GradientTransformation(adam.init, update_fn)
-
-
-def _scale_by_sgdp_momentum(
-    momentum: float, dampening: float, nesterov: bool
-) -> optax.GradientTransformation:
-  """SGDP's buffer: buf <- momentum buf + (1 - dampening) g, buf_0 = 0.
-
-  The output is buf, or g + momentum buf with `nesterov`. optax.trace is the
-  dampening = 0 case; it has no dampening, and chaining optax.scale in front
-  would also dampen the g of the Nesterov term, which the official code does
-  not. Unlike torch.optim.SGD, the first buffer is dampened too. The state
-  is optax.TraceState.
-  """
-
-  def init_fn(params):
-    return optax.TraceState(trace=optax.tree.zeros_like(params))
-
-  def update_fn(updates, state, params=None):
-    del params
-    buf = jax.tree.map(
-        lambda g, b: momentum * b + (1 - dampening) * g, updates, state.trace
-    )
-    if nesterov:
-      updates = jax.tree.map(lambda g, b: g + momentum * b, updates, buf)
-    else:
-      updates = buf
-    return updates, optax.TraceState(trace=optax.tree.cast_like(buf, state.trace))
-
-  return optax.GradientTransformation(init_fn, update_fn)
 
 
 @register("adamp")
@@ -113,7 +59,7 @@ def adamp(
   _checks.check_unit_interval("b1", b1)
   _checks.check_unit_interval("b2", b2)
   moments = (
-      _scale_by_adam_lookahead(b1, b2, eps)
+      scale_by_adam_lookahead(b1, b2, eps)
       if nesterov
       else optax.scale_by_adam(b1, b2, eps)
   )
@@ -182,7 +128,7 @@ def sgdp(
     decay = weight_decay / (1 - momentum)
   return recipe(
       project_radial(
-          _scale_by_sgdp_momentum(momentum, dampening, nesterov),
+          trace_with_dampening(momentum, dampening, nesterov),
           delta=delta, wd_ratio=wd_ratio, eps=eps,
           weight_decay=decay, mask=mask,
       ),

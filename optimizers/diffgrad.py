@@ -2,43 +2,13 @@
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 import optax
 
 from gradkit import _checks
 from gradkit.optimizers._recipe import MaskOrFn, recipe
 from gradkit.registry import register
 from gradkit.transforms.friction import scale_by_friction
-
-
-def _scale_by_adam_eps_before_correction(
-    b1: float, b2: float, eps: float
-) -> optax.GradientTransformation:
-  """Adam in the step-size form of its paper's Algorithm 1 note.
-
-  sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps): eps is added to the
-  uncorrected sqrt(v), as in diffGrad_v2.py (and Hugging Face's legacy
-  AdamW). This equals optax.scale_by_adam with a time-dependent
-  eps / sqrt(1 - b2^t). The moments and the state are optax.scale_by_adam's
-  own; only the final division differs.
-  """
-  adam = optax.scale_by_adam(b1, b2, eps)
-
-  def update_fn(updates, state, params=None):
-    del params
-    # Only optax's moments are used; its own direction is dead code under jit.
-    _, state = adam.update(updates, state)
-    m_hat = optax.tree.bias_correction(state.mu, b1, state.count)
-    step_factor = jnp.sqrt(1 - jnp.asarray(b2, jnp.float32) ** state.count)
-    updates = jax.tree.map(
-        lambda m, v: m * step_factor.astype(m.dtype) / (jnp.sqrt(v) + eps),
-        m_hat,
-        state.nu,
-    )
-    return updates, state
-
-  return optax.GradientTransformation(adam.init, update_fn)
+from gradkit.transforms.moments import scale_by_adam_eps_before_correction
 
 
 @register("diffgrad")
@@ -63,8 +33,8 @@ def diffgrad(
   before the friction difference (optax.add_decayed_weights placed first,
   with `mask`); the shared recipe tail's decoupled decay is left at 0. eps is
   added to sqrt(v) before bias correction (see
-  `_scale_by_adam_eps_before_correction`). Every step lies between 0.5x and
-  1x the corresponding Adam step, coordinate-wise.
+  `gradkit.transforms.scale_by_adam_eps_before_correction`). Every step lies
+  between 0.5x and 1x the corresponding Adam step, coordinate-wise.
 
   Args:
     learning_rate: step size, float or optax schedule.
@@ -87,6 +57,6 @@ def diffgrad(
   _checks.check_non_negative("weight_decay", weight_decay)
   return recipe(
       optax.add_decayed_weights(weight_decay, mask),
-      scale_by_friction(_scale_by_adam_eps_before_correction(b1, b2, eps)),
+      scale_by_friction(scale_by_adam_eps_before_correction(b1, b2, eps)),
       learning_rate=learning_rate,
   )

@@ -8,7 +8,8 @@ import optax
 from gradkit import _checks
 from gradkit.optimizers._recipe import MaskOrFn, recipe
 from gradkit.registry import register
-from gradkit.transforms.gsnr_scaling import ema_from_first_update, scale_by_gsnr_at_init
+from gradkit.transforms.gsnr_scaling import scale_by_gsnr_at_init
+from gradkit.transforms.moments import ema_from_first_update
 
 
 @register("sgd_sai")

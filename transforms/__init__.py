@@ -3,9 +3,19 @@
 from gradkit.transforms.tree_checks import check_updates_match_params
 from gradkit.transforms.friction import ScaleByFrictionState, scale_by_friction
 from gradkit.transforms.radial_projection import ProjectRadialState, project_radial
-from gradkit.transforms.gsnr_scaling import ema_from_first_update, scale_by_gsnr_at_init
+from gradkit.transforms.gsnr_scaling import scale_by_gsnr_at_init
 from gradkit.transforms.coordinate_clipping import (
     clip_coordinates_top_fraction,
     scale_by_adam_clipped_first_moment,
 )
 from gradkit.transforms.sign_momentum import scale_by_sign_momentum
+from gradkit.transforms.moments import (
+    EmaFromFirstUpdateState,
+    ScaleByAdanOfficialState,
+    ema_from_first_update,
+    scale_by_adam_eps_before_correction,
+    scale_by_adam_lookahead,
+    scale_by_adan_official,
+    scale_by_rectified_belief,
+    trace_with_dampening,
+)

@@ -22,13 +22,6 @@ class ScaleByGsnrAtInitState(NamedTuple):
   gsnr: optax.Updates  # float32 scalar per leaf, fixed after the first update.
 
 
-class EmaFromFirstUpdateState(NamedTuple):
-  """State of `ema_from_first_update`."""
-
-  count: jax.Array  # int32 scalar.
-  ema: optax.Updates
-
-
 def _block_gsnr(g: jax.Array, eps: jax.typing.ArrayLike) -> jax.Array:
   g = g.astype(jnp.float32)
   if g.size < 2:
@@ -97,40 +90,5 @@ def scale_by_gsnr_at_init(
     updates = jax.tree.map(lambda g, s: g * s.astype(g.dtype), updates, gsnr)
     count = optax.safe_increment(state.count)
     return updates, ScaleByGsnrAtInitState(count=count, gsnr=gsnr)
-
-  return optax.GradientTransformation(init_fn, update_fn)
-
-
-def ema_from_first_update(
-    decay: jax.typing.ArrayLike,
-) -> optax.GradientTransformation:
-  """EMA momentum whose first value is the first update itself.
-
-  m_1 = g_1 and m_t = decay * m_{t-1} + (1 - decay) * g_t afterwards, with no
-  bias correction: the momentum buffer of the official SGD-SaI code.
-  `optax.ema` starts from (1 - decay) g_1 (or rescales every step when
-  debiased) and `optax.trace` adds g_t without the (1 - decay) factor, so
-  neither matches. decay = 0 passes the updates through.
-
-  Args:
-    decay: the momentum coefficient in [0, 1).
-
-  Returns:
-    An `optax.GradientTransformation`; the buffer keeps the params' dtype.
-  """
-  _checks.check_unit_interval("decay", decay)
-
-  def init_fn(params):
-    return EmaFromFirstUpdateState(
-        count=jnp.zeros([], jnp.int32), ema=optax.tree.zeros_like(params)
-    )
-
-  def update_fn(updates, state, params=None):
-    del params
-    step_decay = jnp.where(state.count == 0, 0.0, decay)
-    ema = optax.tree.update_moment(updates, state.ema, step_decay, 1)
-    ema = optax.tree.cast_like(ema, state.ema)
-    count = optax.safe_increment(state.count)
-    return ema, EmaFromFirstUpdateState(count=count, ema=ema)
 
   return optax.GradientTransformation(init_fn, update_fn)

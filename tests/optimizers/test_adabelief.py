@@ -12,33 +12,12 @@ import pytest
 
 import gradkit
 from gradkit.optimizers.adabelief import adabelief
+from trajectories import MASK, RandomProblem, f32
 
-RNG = np.random.default_rng(2)
-PARAMS = {"w": RNG.normal(size=(2, 3)), "b": RNG.normal(size=(3,))}
-GRADS = [{"w": RNG.normal(size=(2, 3)) * s, "b": RNG.normal(size=(3,)) * s}
-         for s in RNG.uniform(0.1, 2.0, size=50)]
-MASK = {"w": True, "b": False}
-
-
-def _f32(tree):
-  return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree)
-
-
-GRADS_F32 = [_f32(g) for g in GRADS]
-
-
-def _trajectory(tx, steps=len(GRADS)):
-  @jax.jit
-  def step(params, state, grads):
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
-
-  params, state = _f32(PARAMS), tx.init(_f32(PARAMS))
-  out = []
-  for g in GRADS_F32[:steps]:
-    params, state = step(params, state, g)
-    out.append(params)
-  return jax.device_get(out)
+PROBLEM = RandomProblem(seed=2, scale=(0.1, 2.0))
+PARAMS, GRADS, GRADS_F32 = PROBLEM.params, PROBLEM.grads, PROBLEM.grads_f32
+_f32 = f32
+_trajectory = PROBLEM.trajectory
 
 
 def _official(lr, b1, b2, eps, wd, rectify, steps):

@@ -12,33 +12,12 @@ import pytest
 
 import gradkit
 from gradkit.optimizers.adan import adan
+from trajectories import MASK, RandomProblem, assert_trajectories_close, f32
 
-RNG = np.random.default_rng(3)
-PARAMS = {"w": RNG.normal(size=(2, 3)), "b": RNG.normal(size=(3,))}
-GRADS = [{"w": RNG.normal(size=(2, 3)) * s, "b": RNG.normal(size=(3,)) * s}
-         for s in RNG.uniform(0.1, 2.0, size=50)]
-MASK = {"w": True, "b": False}
-
-
-def _f32(tree):
-  return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree)
-
-
-GRADS_F32 = [_f32(g) for g in GRADS]
-
-
-def _trajectory(tx, steps=len(GRADS)):
-  @jax.jit
-  def step(params, state, grads):
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
-
-  params, state = _f32(PARAMS), tx.init(_f32(PARAMS))
-  out = []
-  for g in GRADS_F32[:steps]:
-    params, state = step(params, state, g)
-    out.append(params)
-  return jax.device_get(out)
+PROBLEM = RandomProblem(seed=3, scale=(0.1, 2.0))
+PARAMS, GRADS, GRADS_F32 = PROBLEM.params, PROBLEM.grads, PROBLEM.grads_f32
+_f32 = f32
+_trajectory = PROBLEM.trajectory
 
 
 def _official(lr, b1, b2, b3, eps, wd, no_prox, steps):
@@ -87,11 +66,7 @@ def test_defaults_are_the_official_ones():
     g = GRADS[0][k]
     np.testing.assert_allclose(updates[k], -1e-3 * g / (np.abs(g) + 1e-8), rtol=1e-5)
 
-
-def _assert_trajectories_close(a_list, b_list, rtol=1e-5):
-  for a, b in zip(a_list, b_list):
-    for k in a:
-      np.testing.assert_allclose(a[k], b[k], rtol=rtol, atol=1e-6)
+_assert_trajectories_close = assert_trajectories_close
 
 
 def test_equals_optax_adan_where_the_conventions_agree():

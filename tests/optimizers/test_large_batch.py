@@ -10,39 +10,14 @@ import pytest
 
 import gradkit
 from gradkit.optimizers.large_batch import lamb, lars
+from trajectories import MASK, RandomProblem, assert_trajectories_close, f32
 
-RNG = np.random.default_rng(4)
-PARAMS = {"w": RNG.normal(size=(2, 3)), "b": RNG.normal(size=(3,))}
-GRADS = [{"w": RNG.normal(size=(2, 3)) * s, "b": RNG.normal(size=(3,)) * s}
-         for s in RNG.uniform(0.1, 2.0, size=50)]
-MASK = {"w": True, "b": False}
+PROBLEM = RandomProblem(seed=4, scale=(0.1, 2.0))
+PARAMS, GRADS, GRADS_F32 = PROBLEM.params, PROBLEM.grads, PROBLEM.grads_f32
+_f32 = f32
+_trajectory = PROBLEM.trajectory
 
-
-def _f32(tree):
-  return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree)
-
-
-GRADS_F32 = [_f32(g) for g in GRADS]
-
-
-def _trajectory(tx, params=PARAMS, steps=len(GRADS)):
-  @jax.jit
-  def step(params, state, grads):
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
-
-  params, state = _f32(params), tx.init(_f32(params))
-  out = []
-  for g in GRADS_F32[:steps]:
-    params, state = step(params, state, g)
-    out.append(params)
-  return jax.device_get(out)
-
-
-def _assert_trajectories_close(a_list, b_list, rtol=1e-5):
-  for a, b in zip(a_list, b_list):
-    for k in a:
-      np.testing.assert_allclose(a[k], b[k], rtol=rtol, atol=1e-6)
+_assert_trajectories_close = assert_trajectories_close
 
 
 def _trust_ratio(p, d, coefficient=1.0, eps=0.0):
@@ -99,7 +74,7 @@ def test_lamb_first_steps_match_the_paper(params, trust_ratio_mask, trusted):
   hp = dict(lr=0.05, b1=0.9, b2=0.99, eps=1e-3, wd=0.4)
   expected = _lamb_by_hand(params, **hp, decayed=MASK, trusted=trusted, steps=2)
   tx = lamb(hp["lr"], hp["b1"], hp["b2"], hp["eps"], hp["wd"], MASK, trust_ratio_mask)
-  _assert_trajectories_close(_trajectory(tx, params, steps=2), expected)
+  _assert_trajectories_close(_trajectory(tx, 2, params=params), expected)
 
 
 @pytest.mark.parametrize("params,trust_ratio_mask,trusted", CASES)
@@ -108,7 +83,7 @@ def test_lars_first_steps_match_the_paper(params, trust_ratio_mask, trusted):
   expected = _lars_by_hand(params, **hp, decayed=MASK, trusted=trusted, steps=2)
   tx = lars(hp["lr"], hp["momentum"], hp["wd"], hp["coefficient"], hp["eps"],
             mask=MASK, trust_ratio_mask=trust_ratio_mask)
-  _assert_trajectories_close(_trajectory(tx, params, steps=2), expected)
+  _assert_trajectories_close(_trajectory(tx, 2, params=params), expected)
 
 
 @pytest.mark.parametrize("name,direction", [

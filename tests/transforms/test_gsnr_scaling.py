@@ -1,4 +1,4 @@
-"""Oracles for scale_by_gsnr_at_init and ema_from_first_update (SGD-SaI)."""
+"""Oracles for scale_by_gsnr_at_init (SGD-SaI)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from gradkit.transforms.gsnr_scaling import ema_from_first_update, scale_by_gsnr_at_init
+from gradkit.transforms.gsnr_scaling import scale_by_gsnr_at_init
 
 G1 = np.array([[1.0, 2.0], [3.0, 4.0]])
 BIAS = np.array([0.5, -0.5, 1.0])
@@ -117,35 +117,6 @@ def test_dtype_is_kept_and_no_retrace():
   assert state.gsnr["w"].dtype == jnp.float32
 
 
-def test_ema_starts_at_the_first_update():
-  mu = 0.9
-  tx = ema_from_first_update(mu)
-  update = jax.jit(tx.update)
-  rng = np.random.default_rng(2)
-  gs = [rng.normal(size=(3,)) for _ in range(4)]
-  state = tx.init(jnp.zeros(3))
-  expected = gs[0]
-  out, state = update(jnp.asarray(gs[0], jnp.float32), state)
-  np.testing.assert_allclose(out, expected, rtol=1e-6)
-  for g in gs[1:]:
-    expected = mu * expected + (1 - mu) * g
-    out, state = update(jnp.asarray(g, jnp.float32), state)
-    np.testing.assert_allclose(out, expected, rtol=1e-5)
-  np.testing.assert_allclose(state.ema, expected, rtol=1e-5)
-
-
-def test_ema_with_zero_decay_passes_updates_through():
-  tx = ema_from_first_update(0.0)
-  state = tx.init(jnp.zeros(2))
-  for g in ([1.0, -2.0], [3.0, 0.5]):
-    out, state = jax.jit(tx.update)(jnp.asarray(g), state)
-    np.testing.assert_array_equal(out, np.asarray(g, np.float32))
-
-
-@pytest.mark.parametrize(
-    "build", [lambda: scale_by_gsnr_at_init(eps=-1.0), lambda: ema_from_first_update(1.0),
-              lambda: ema_from_first_update(-0.1)],
-)
-def test_invalid_hyperparameters_raise(build):
+def test_invalid_hyperparameters_raise():
   with pytest.raises(ValueError):
-    build()
+    scale_by_gsnr_at_init(eps=-1.0)
