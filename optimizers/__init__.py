@@ -1,11 +1,11 @@
 """Named optimizers: short recipes chaining gradkit/optax primitives."""
 
-from gradkit.optimizers.baselines import adamw, sgd
-from gradkit.optimizers.diffgrad import diffgrad
-from gradkit.optimizers.adamp import adamp, sgdp
-from gradkit.optimizers.sgd_sai import sgd_sai
-from gradkit.optimizers.coordinate_clipping import adam_clip, sgd_clip
 from gradkit.optimizers.adabelief import adabelief
+from gradkit.optimizers.adamp import adamp, sgdp
 from gradkit.optimizers.adan import adan
+from gradkit.optimizers.baselines import adamw, sgd
+from gradkit.optimizers.coordinate_clipping import adam_clip, sgd_clip
+from gradkit.optimizers.diffgrad import diffgrad
 from gradkit.optimizers.large_batch import lamb, lars
 from gradkit.optimizers.lion import lion
+from gradkit.optimizers.sgd_sai import sgd_sai

@@ -9,6 +9,7 @@ from gradkit.optimizers._recipe import MaskOrFn, recipe
 from gradkit.registry import register
 from gradkit.transforms.moments import scale_by_rectified_belief
 
+
 @register("adabelief")
 def adabelief(
     learning_rate: optax.ScalarOrSchedule = 1e-3,

@@ -1,14 +1,11 @@
 """Primitives: small optax transformations, one concern each."""
 
-from gradkit.transforms.tree_checks import check_updates_match_params
-from gradkit.transforms.friction import ScaleByFrictionState, scale_by_friction
-from gradkit.transforms.radial_projection import ProjectRadialState, project_radial
-from gradkit.transforms.gsnr_scaling import scale_by_gsnr_at_init
 from gradkit.transforms.coordinate_clipping import (
     clip_coordinates_top_fraction,
     scale_by_adam_clipped_first_moment,
 )
-from gradkit.transforms.sign_momentum import scale_by_sign_momentum
+from gradkit.transforms.friction import ScaleByFrictionState, scale_by_friction
+from gradkit.transforms.gsnr_scaling import scale_by_gsnr_at_init
 from gradkit.transforms.moments import (
     EmaFromFirstUpdateState,
     ScaleByAdanOfficialState,
@@ -19,3 +16,6 @@ from gradkit.transforms.moments import (
     scale_by_rectified_belief,
     trace_with_dampening,
 )
+from gradkit.transforms.radial_projection import ProjectRadialState, project_radial
+from gradkit.transforms.sign_momentum import scale_by_sign_momentum
+from gradkit.transforms.tree_checks import check_updates_match_params

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -69,8 +70,9 @@ def project_radial(
   """Removes the radial part of `inner`'s step on weights that look scale-invariant.
 
   Weight decay is added after the projection, weakened by `wd_ratio` on the
-  leaves where it fired. For every leaf p with ndim > 1, with g the incoming (raw) gradient and d the
-  direction `inner` computes from it, two views are tested in order:
+  leaves where it fired. For every leaf p with ndim > 1, with g the incoming
+  (raw) gradient and d the direction `inner` computes from it, two views are
+  tested in order:
   per output channel (rows of shape (C, numel / C)), then the whole tensor
   (one row). A view fires when max_i |cos(g_i, p_i)| < delta / sqrt(K), K
   the row length; the first view that fires replaces each row d_i by

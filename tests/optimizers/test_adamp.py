@@ -197,7 +197,7 @@ def test_schedule_learning_rate_scales_each_step(factory):
     u_s, s_s = jax.jit(tx_s.update)(g, s_s, params)
     u_c, s_c = jax.jit(tx_c.update)(g, s_c, params)
     scale = float(schedule(t)) / 0.1
-    chex.assert_trees_all_close(u_s, jax.tree.map(lambda u: u * scale, u_c), rtol=1e-5)
+    chex.assert_trees_all_close(u_s, jax.tree.map(lambda u, s=scale: u * s, u_c), rtol=1e-5)
 
 
 @pytest.mark.parametrize(
