@@ -44,6 +44,18 @@ class RandomProblem:
     return jax.device_get(out)
 
 
+def run_updates(tx, params, grads_seq):
+  """Parameters after each of `grads_seq`'s steps, the update jitted."""
+  update = jax.jit(tx.update)
+  state = tx.init(params)
+  history = []
+  for g in grads_seq:
+    u, state = update(g, state, params)
+    params = optax.apply_updates(params, u)
+    history.append(params)
+  return history
+
+
 def assert_trajectories_close(a_list, b_list, rtol=1e-5):
   for a, b in zip(a_list, b_list):
     for k in a:

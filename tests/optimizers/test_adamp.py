@@ -11,19 +11,8 @@ import pytest
 
 import gradkit
 from gradkit.optimizers.adamp import adamp, sgdp
-
-
-def _torch_projection(p, g, d, delta, wd_ratio, eps):
-  """clovaai/AdamP `_projection` on PyTorch-layout (out, in) arrays: (d, ratio, fired rows)."""
-  for rows in (p.shape[0], 1):
-    x, y, z = g.reshape(rows, -1), p.reshape(rows, -1), d.reshape(rows, -1)
-    x_norm, y_norm = np.linalg.norm(x, axis=1), np.linalg.norm(y, axis=1)
-    cosine = np.abs(np.sum(x * y, axis=1)) / (np.maximum(x_norm, eps) * np.maximum(y_norm, eps))
-    if cosine.max() < delta / np.sqrt(x.shape[1]):
-      p_hat = y / (y_norm[:, None] + eps)
-      z = z - p_hat * np.sum(p_hat * z, axis=1, keepdims=True)
-      return z.reshape(p.shape), wd_ratio, rows
-  return d, 1.0, None
+from oracles import torch_adamp_projection
+from trajectories import run_updates
 
 
 def _reference(params, grads_seq, *, kind, lr, wd, mask, b1=0.9, b2=0.999, eps=1e-8,
@@ -52,24 +41,13 @@ def _reference(params, grads_seq, *, kind, lr, wd, mask, b1=0.9, b2=0.999, eps=1
         step, decay = lr, wd / (1 - momentum)
       ratio = 1.0
       if p[k].ndim > 1:
-        d_t, ratio, fired[-1][k] = _torch_projection(p[k].T, g.T, d.T, delta, wd_ratio, eps)
+        d_t, ratio, fired[-1][k] = torch_adamp_projection(p[k].T, g.T, d.T, delta, wd_ratio, eps)
         d = d_t.T
       if mask[k]:
         p[k] = p[k] * (1 - lr * decay * ratio)
       p[k] = p[k] - step * d
     history.append({k: x.copy() for k, x in p.items()})
   return history, fired
-
-
-def _run(tx, params, grads_seq):
-  update = jax.jit(tx.update)
-  state = tx.init(params)
-  history = []
-  for g in grads_seq:
-    u, state = update(g, state, params)
-    params = optax.apply_updates(params, u)
-    history.append(params)
-  return history
 
 
 def _f32(x):
@@ -109,7 +87,7 @@ def test_sheet_sgdp_two_step_oracle():
   tx = gradkit.create("sgdp", learning_rate=0.1, momentum=0.9, weight_decay=1e-5)
   p = _f32([[1.0, 0.0], [0.0, 2.0]])
   g = _f32([[0.01, 1.0], [1.0, 0.02]])
-  p1, p2 = _run(tx, p, [g, g])
+  p1, p2 = run_updates(tx, p, [g, g])
   np.testing.assert_allclose(p1, [[0.999999, -0.1], [-0.1, 1.999998]], rtol=1e-6, atol=1e-7)
   np.testing.assert_allclose(
       p2, [[0.9924207017, -0.2894321696], [-0.2894321696, 1.9848414034]], rtol=1e-6, atol=1e-7
@@ -157,7 +135,7 @@ def _masked_tree_case():
 def test_adamp_two_steps_by_hand_with_mask(nesterov):
   params, grads, mask = _masked_tree_case()
   tx = adamp(learning_rate=0.1, weight_decay=0.2, nesterov=nesterov, mask=mask)
-  got = _run(tx, params, grads)
+  got = run_updates(tx, params, grads)
   want, fired = _reference(params, grads, kind="adamp", lr=0.1, wd=0.2, mask=mask,
                            nesterov=nesterov)
   assert [f["w"] for f in fired] == [2, None]
@@ -171,7 +149,7 @@ def test_sgdp_two_steps_by_hand_with_mask(nesterov, dampening):
   params, grads, mask = _masked_tree_case()
   tx = sgdp(learning_rate=0.1, momentum=0.8, dampening=dampening, weight_decay=0.2,
             nesterov=nesterov, mask=mask)
-  got = _run(tx, params, grads)
+  got = run_updates(tx, params, grads)
   want, fired = _reference(params, grads, kind="sgdp", lr=0.1, wd=0.2, mask=mask,
                            momentum=0.8, dampening=dampening, nesterov=nesterov)
   assert fired[0]["w"] == 2
@@ -210,8 +188,8 @@ def test_schedule_learning_rate_scales_each_step(factory):
 )
 def test_inject_hyperparams_matches_plain(factory, hparams):
   params, grads, mask = _masked_tree_case()
-  plain = _run(factory(**hparams, mask=mask), params, grads)
-  injected = _run(optax.inject_hyperparams(factory)(**hparams, mask=mask), params, grads)
+  plain = run_updates(factory(**hparams, mask=mask), params, grads)
+  injected = run_updates(optax.inject_hyperparams(factory)(**hparams, mask=mask), params, grads)
   chex.assert_trees_all_close(plain[-1], injected[-1], rtol=1e-5, atol=1e-6)
 
 

@@ -11,6 +11,7 @@ import pytest
 
 import gradkit
 from gradkit.optimizers.diffgrad import diffgrad
+from trajectories import run_updates
 
 
 def _reference_diffgrad(params, grads_seq, lr, b1=0.9, b2=0.999, eps=1e-8, wd=0.0, mask=None):
@@ -35,17 +36,6 @@ def _reference_diffgrad(params, grads_seq, lr, b1=0.9, b2=0.999, eps=1e-8, wd=0.
       step = lr * np.sqrt(1 - b2**t) / (1 - b1**t)
       p[k] = p[k] - step * xi * m[k] / (np.sqrt(v[k]) + eps)
     history.append({k: x.copy() for k, x in p.items()})
-  return history
-
-
-def _run(tx, params, grads_seq):
-  update = jax.jit(tx.update)
-  state = tx.init(params)
-  history = []
-  for g in grads_seq:
-    u, state = update(g, state, params)
-    params = optax.apply_updates(params, u)
-    history.append(params)
   return history
 
 
@@ -81,7 +71,7 @@ def test_eps_is_added_before_bias_correction():
   shapes = {"w": (4,)}
   params = {"w": jnp.zeros(4, jnp.float32)}
   grads = _random_grads(shapes, 6, scale=1e-6)
-  got = _run(diffgrad(learning_rate=1e-2), params, grads)
+  got = run_updates(diffgrad(learning_rate=1e-2), params, grads)
   want = _reference_diffgrad(params, grads, lr=1e-2)
   for g, w in zip(got, want):
     np.testing.assert_allclose(g["w"], w["w"], rtol=1e-4, atol=1e-9)
@@ -97,7 +87,7 @@ def test_coupled_weight_decay_with_mask_over_steps():
   # The same gradient twice: with coupled L2 the friction still sees p move.
   grads[3] = grads[2]
   mask = {"w": True, "b": False}
-  got = _run(diffgrad(learning_rate=0.05, weight_decay=0.3, mask=mask), params, grads)
+  got = run_updates(diffgrad(learning_rate=0.05, weight_decay=0.3, mask=mask), params, grads)
   want = _reference_diffgrad(params, grads, lr=0.05, wd=0.3, mask=mask)
   for g, w in zip(got, want):
     for k in shapes:
@@ -123,8 +113,8 @@ def test_inject_hyperparams_matches_plain():
   shapes = {"w": (3, 2), "b": (2,)}
   params = {k: jnp.ones(s, jnp.float32) for k, s in shapes.items()}
   grads = _random_grads(shapes, 3, scale=1.0, seed=4)
-  plain = _run(diffgrad(learning_rate=0.05, weight_decay=0.01), params, grads)
-  injected = _run(
+  plain = run_updates(diffgrad(learning_rate=0.05, weight_decay=0.01), params, grads)
+  injected = run_updates(
       optax.inject_hyperparams(diffgrad)(learning_rate=0.05, weight_decay=0.01, b1=0.9),
       params, grads,
   )
