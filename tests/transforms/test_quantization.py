@@ -1,0 +1,207 @@
+"""Oracles for the dynamic map and block-wise 8-bit quantization (Dettmers et al., 2022)."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gradkit
+from gradkit.transforms.quantization import (
+    dequantize_blockwise,
+    dynamic_map,
+    quantize_blockwise,
+)
+
+
+def _roundtrip(x, code, block_size):
+  """Jitted quantize then dequantize; returns numpy (codes, absmax, x_hat)."""
+  quantize = jax.jit(functools.partial(quantize_blockwise, block_size=block_size))
+  dequantize = jax.jit(
+      functools.partial(dequantize_blockwise, block_size=block_size),
+      static_argnames=("shape", "dtype"),
+  )
+  codes, absmax = quantize(jnp.asarray(x), code)
+  x_hat = dequantize(codes, absmax, code, shape=x.shape, dtype=jnp.float32)
+  return np.asarray(codes), np.asarray(absmax), np.asarray(x_hat)
+
+
+def _brute_force(x, code, block_size):
+  """Nearest map entry by exhaustive search in float64 (ties to the lower index)."""
+  flat = np.asarray(x, np.float32).reshape(-1)
+  n_blocks = max(1, -(-flat.size // block_size))
+  absmax = np.array(
+      [np.abs(flat[b * block_size : (b + 1) * block_size]).max() for b in range(n_blocks)],
+      np.float32,
+  )
+  scale = np.repeat(np.where(absmax > 0, absmax, 1.0), block_size)[: flat.size]
+  y = np.clip(flat / scale, -1.0, 1.0).astype(np.float64)
+  dist = np.abs(y[:, None] - np.asarray(code, np.float64)[None, :])
+  return np.argmin(dist, axis=1), absmax, y, scale
+
+
+def _spread_sample(rng, size, signed):
+  """Magnitudes spread over nine decades, with some exact zeros."""
+  mag = 10.0 ** rng.uniform(-9, 0, size=size)
+  x = mag * rng.choice([-1.0, 1.0], size=size) if signed else mag
+  x[rng.choice(size, size // 50, replace=False)] = 0.0
+  return x.astype(np.float32)
+
+
+def test_signed_map_matches_sheet():
+  m = dynamic_map(signed=True)
+  assert m.shape == (256,) and m.dtype == np.float32
+  assert np.all(np.diff(m) > 0)
+  np.testing.assert_allclose(m[0], -0.99296875, rtol=1e-6)
+  assert m[127] == 0.0 and m[255] == 1.0
+  assert -1.0 not in m
+  np.testing.assert_allclose(
+      m[124:132],
+      [-7.75e-6, -3.25e-6, -5.5e-7, 0.0, 5.5e-7, 3.25e-6, 7.75e-6, 2.125e-5],
+      rtol=1e-6,
+  )
+  assert np.sum(m < 0) == 127 and np.sum(m > 0) == 128
+  np.testing.assert_allclose(np.max(np.diff(m)) / 2, 0.0070313, rtol=1e-4)
+
+
+def test_unsigned_map_matches_sheet():
+  m = dynamic_map(signed=False)
+  assert m.shape == (256,) and m.dtype == np.float32
+  assert np.all(np.diff(m) > 0)
+  assert m[0] == 0.0 and m[255] == 1.0 and np.all(m >= 0)
+  np.testing.assert_allclose(m[1:6], [3.25e-7, 7.75e-7, 2.125e-6, 4.375e-6, 6.625e-6], rtol=1e-6)
+  np.testing.assert_allclose(m[252:256], [0.9824219, 0.9894531, 0.9964844, 1.0], rtol=1e-6)
+  np.testing.assert_allclose(np.max(np.diff(m)) / 2, 0.0035157, rtol=1e-4)
+
+
+@pytest.mark.parametrize("signed, per_decade", [(True, 1), (False, 2)])
+def test_levels_per_decade(signed, per_decade):
+  m = dynamic_map(signed)
+  counts = [np.sum((m > 10.0 ** (d - 1)) & (m < 10.0**d)) for d in range(-6, 1)]
+  assert counts == [per_decade * 2**i for i in range(7)]
+
+
+def test_sheet_signed_block():
+  x = np.array([0.5, -0.25, 0.1, 0.0, 0.003, -0.5], np.float32)
+  codes, absmax, x_hat = _roundtrip(x, dynamic_map(True), block_size=6)
+  np.testing.assert_array_equal(codes, [255, 35, 198, 127, 151, 0])
+  np.testing.assert_allclose(absmax, [0.5])
+  np.testing.assert_allclose(
+      x_hat,
+      [0.5, -0.25039062, 0.10273437, 0.0, 0.00289063, -0.49648437],
+      rtol=1e-6,
+      atol=5e-9,  # the sheet prints 8 decimals
+  )
+
+
+def test_sheet_unsigned_block():
+  x = np.array([4e-4, 1e-6, 2.5e-5, 0.0], np.float32)
+  codes, absmax, x_hat = _roundtrip(x, dynamic_map(False), block_size=4)
+  np.testing.assert_array_equal(codes, [255, 36, 100, 0])
+  np.testing.assert_allclose(absmax, [4e-4], rtol=1e-7)
+  np.testing.assert_allclose(x_hat, [4e-4, 1.01875e-6, 2.509375e-5, 0.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_matches_brute_force_nearest_with_ragged_last_block(signed):
+  code = dynamic_map(signed)
+  x = _spread_sample(np.random.default_rng(0), 5000, signed)
+  x[4500] = 3.0  # an outlier only coarsens its own (last) block
+  codes, absmax, x_hat = _roundtrip(x, code, block_size=2048)
+  want_codes, want_absmax, y, scale = _brute_force(x, code, block_size=2048)
+  assert codes.dtype == np.uint8 and codes.shape == (5000,)
+  assert absmax.shape == (3,)
+  np.testing.assert_array_equal(absmax, want_absmax)
+  assert absmax[2] == 3.0
+  np.testing.assert_array_equal(codes, want_codes)
+  # The error is at most half the gap between the map values around x / absmax;
+  # below the signed map's minimum (-0.99296875) the nearest level is that minimum.
+  upper = np.clip(np.searchsorted(code, y, side="left"), 1, 255)
+  half_gap = (code[upper].astype(np.float64) - code[upper - 1]) / 2
+  half_gap = np.where(y < code[0], code[0] + 1.0, half_gap)
+  err = np.abs(x.astype(np.float64) - x_hat)
+  assert np.all(err <= half_gap * scale * (1 + 1e-5) + 1e-12 * scale)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_zeros_and_positive_block_max_are_exact(signed):
+  x = np.abs(_spread_sample(np.random.default_rng(1), 5000, signed))
+  if signed:
+    x[::3] *= -1.0
+  for b in range(3):  # a positive entry is each block's absmax
+    x[b * 2048 + 7] = 2.0 + b
+  _, absmax, x_hat = _roundtrip(x, dynamic_map(signed), block_size=2048)
+  np.testing.assert_array_equal(absmax, [2.0, 3.0, 4.0])
+  zeros = x == 0.0
+  assert zeros.sum() > 0
+  np.testing.assert_array_equal(x_hat[zeros], 0.0)
+  np.testing.assert_array_equal(x_hat[[7, 2055, 4103]], [2.0, 3.0, 4.0])
+
+
+def test_negative_block_max_maps_to_signed_minimum():
+  x = np.array([-2.0, 0.5, 1.0], np.float32)
+  _, absmax, x_hat = _roundtrip(x, dynamic_map(True), block_size=4)
+  np.testing.assert_array_equal(absmax, [2.0])
+  np.testing.assert_allclose(x_hat[0], -0.99296875 * 2.0, rtol=1e-6)
+
+
+def test_all_zero_block_round_trips_without_nan():
+  x = np.zeros(10, np.float32)
+  x[8] = -0.5  # second block non-zero, first all zero
+  codes, absmax, x_hat = _roundtrip(x, dynamic_map(True), block_size=8)
+  np.testing.assert_array_equal(absmax, [0.0, 0.5])
+  np.testing.assert_array_equal(codes[:8], 127)
+  assert np.all(np.isfinite(x_hat))
+  np.testing.assert_array_equal(x_hat[:8], 0.0)
+
+
+def test_tiny_array_in_one_short_block():
+  x = np.array([0.25, -1.0, 1e-3], np.float32)
+  code = dynamic_map(True)
+  codes, absmax, x_hat = _roundtrip(x, code, block_size=2048)
+  want_codes, _, _, _ = _brute_force(x, code, block_size=2048)
+  assert codes.shape == (3,) and absmax.shape == (1,)
+  np.testing.assert_array_equal(absmax, [1.0])
+  np.testing.assert_array_equal(codes, want_codes)
+  np.testing.assert_allclose(x_hat, code[want_codes], rtol=0)
+
+
+def test_shape_and_dtype_are_restored():
+  x = _spread_sample(np.random.default_rng(2), 40 * 125, signed=True).reshape(40, 125)
+  code = dynamic_map(True)
+  codes, absmax = jax.jit(functools.partial(quantize_blockwise, block_size=256))(x, code)
+  assert codes.shape == (40, 125) and codes.dtype == jnp.uint8
+  restored = dequantize_blockwise(codes, absmax, code, (40, 125), jnp.bfloat16, block_size=256)
+  assert restored.shape == (40, 125) and restored.dtype == jnp.bfloat16
+  _, _, x_hat = _roundtrip(x, code, block_size=256)
+  np.testing.assert_allclose(
+      np.asarray(restored, np.float32), x_hat.astype(jnp.bfloat16).astype(np.float32)
+  )
+
+
+@pytest.mark.parametrize("shape, block_size", [((5000,), 2048), ((3,), 2048), ((64, 128), 256)])
+def test_state_bytes_under_jit(shape, block_size):
+  x = jnp.ones(shape, jnp.float32)
+  pair = jax.jit(functools.partial(quantize_blockwise, block_size=block_size))(
+      x, dynamic_map(False)
+  )
+  size = int(np.prod(shape))
+  n_blocks = -(-size // block_size)
+  assert pair[0].dtype == jnp.uint8 and pair[1].dtype == jnp.float32
+  assert gradkit.state_nbytes(pair) == size + 4 * n_blocks
+  if shape == (64, 128):  # the sheet's oracle: 8192 code bytes + 32 float32 scales
+    assert gradkit.state_nbytes(pair) == 8320
+
+
+@pytest.mark.parametrize("block_size", [0, -4])
+def test_invalid_block_size_raises(block_size):
+  x = jnp.ones((5,), jnp.float32)
+  with pytest.raises(ValueError, match="block_size"):
+    quantize_blockwise(x, dynamic_map(True), block_size=block_size)
+  with pytest.raises(ValueError, match="block_size"):
+    dequantize_blockwise(
+        jnp.zeros((5,), jnp.uint8), jnp.ones((1,)), dynamic_map(True), (5,), block_size=block_size
+    )
