@@ -193,7 +193,7 @@ def jitted_step(tx: optax.GradientTransformation, extra_args: dict[str, Any]) ->
   return jax.jit(step, donate_argnums=(0, 1))
 
 
-class _Stepper:
+class Stepper:
   """Holds the donated buffers of one compiled function; each call times one step."""
 
   def __init__(self, fn: Callable, params: Any, state: Any, grads: Any):
@@ -265,13 +265,13 @@ def bench_one(
   state = _copy_of(tx.init(params))
   nbytes = gradkit.state_nbytes(state)
   steppers = {
-      "gradkit": _Stepper(jitted_step(tx, _extra_args(tx, params, grads)),
+      "gradkit": Stepper(jitted_step(tx, _extra_args(tx, params, grads)),
                           _copy_of(params), state, grads),
-      "copy": _Stepper(jax.jit(bandwidth_copy, donate_argnums=(0, 1)), _copy_of(params),
+      "copy": Stepper(jax.jit(bandwidth_copy, donate_argnums=(0, 1)), _copy_of(params),
                        state_buffers(jax.eval_shape(tx.init, params)), grads),
   }
   if optax_tx is not None:
-    steppers["optax"] = _Stepper(jitted_step(optax_tx, _extra_args(optax_tx, params, grads)),
+    steppers["optax"] = Stepper(jitted_step(optax_tx, _extra_args(optax_tx, params, grads)),
                                  _copy_of(params), _copy_of(optax_tx.init(params)), grads)
   times = time_interleaved(steppers, repeats, warmup, budget_s)
   step, copy = times["gradkit"], times["copy"]

@@ -6,6 +6,7 @@ from gradkit.optimizers.adan import adan
 from gradkit.optimizers.baselines import adamw, sgd
 from gradkit.optimizers.coordinate_clipping import adam_clip, sgd_clip
 from gradkit.optimizers.diffgrad import diffgrad
+from gradkit.optimizers.eight_bit import adabelief8bit, adam8bit, adamw8bit, lion8bit, momentum8bit
 from gradkit.optimizers.large_batch import lamb, lars
 from gradkit.optimizers.lion import lion
 from gradkit.optimizers.sgd_sai import sgd_sai

@@ -17,6 +17,12 @@ from gradkit.transforms.moments import (
     trace_with_dampening,
 )
 from gradkit.transforms.quantization import dequantize_blockwise, dynamic_map, quantize_blockwise
+from gradkit.transforms.quantized_state import (
+    QuantizedArray,
+    QuantizedState,
+    quantized,
+    quantized_view,
+)
 from gradkit.transforms.radial_projection import ProjectRadialState, project_radial
 from gradkit.transforms.sign_momentum import scale_by_sign_momentum
 from gradkit.transforms.tree_checks import check_updates_match_params

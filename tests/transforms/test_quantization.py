@@ -11,6 +11,7 @@ import pytest
 
 import gradkit
 from gradkit.transforms.quantization import (
+    _count_midpoints_below,
     dequantize_blockwise,
     dynamic_map,
     quantize_blockwise,
@@ -205,3 +206,19 @@ def test_invalid_block_size_raises(block_size):
     dequantize_blockwise(
         jnp.zeros((5,), jnp.uint8), jnp.ones((1,)), dynamic_map(True), (5,), block_size=block_size
     )
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_bucketed_lookup_equals_searchsorted_at_ties_and_extremes(signed):
+  code = dynamic_map(signed)
+  mids = (code[:-1] + code[1:]) / np.float32(2)
+  tiny = np.float32(np.finfo(np.float32).tiny)
+  y = np.concatenate([
+      mids, np.nextafter(mids, np.float32(2)), np.nextafter(mids, np.float32(-2)),
+      code, [-1.0, 1.0, 0.0, -0.0, tiny, -tiny],
+      np.random.default_rng(0).uniform(-1, 1, 4000),
+  ]).astype(np.float32)
+  if not signed:
+    y = np.abs(y)
+  got = jax.jit(lambda v: _count_midpoints_below(v, code))(jnp.asarray(y))
+  np.testing.assert_array_equal(got, np.searchsorted(mids, y, side="left"))
