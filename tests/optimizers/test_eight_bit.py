@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 import gradkit
 from gradkit.optimizers.eight_bit import adam8bit, adamw8bit
@@ -190,3 +191,30 @@ def test_adam8bit_rejects_invalid_hyperparameters(kwargs):
 def test_other_8bit_recipes_reject_invalid_hyperparameters(name, kwargs):
   with pytest.raises(ValueError):
     gradkit.create(name, **kwargs)
+
+
+def test_adamw8bit_trains_inside_flax_nnx_optimizer():
+  """nnx.Optimizer wraps every state array in a Variable; the 8-bit state
+  must survive that (codes stay uint8) and follow the fp32 run closely."""
+  x = jax.random.normal(jax.random.key(0), (64, 8))
+  y = jnp.sum(x, axis=1, keepdims=True)
+
+  def train(tx):
+    model = nnx.Linear(8, 1, rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, optimizer):
+      loss, grads = nnx.value_and_grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
+      optimizer.update(model, grads)
+      return loss
+
+    losses = [float(step(model, optimizer)) for _ in range(30)]
+    return losses, optimizer
+
+  losses8, optimizer = train(gradkit.create("adamw8bit", learning_rate=0.05, min_size=0))
+  losses32, _ = train(gradkit.create("adamw", learning_rate=0.05, weight_decay=1e-2))
+  dtypes = {x.dtype for x in jax.tree.leaves(nnx.state(optimizer, nnx.OptState))}
+  assert jnp.dtype(jnp.uint8) in dtypes
+  assert losses8[-1] < 0.2 * losses8[0]
+  np.testing.assert_allclose(losses8, losses32, rtol=0.1)
