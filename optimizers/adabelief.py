@@ -7,7 +7,7 @@ import optax
 from gradkit import _checks
 from gradkit.optimizers._recipe import MaskOrFn, recipe
 from gradkit.registry import register
-from gradkit.transforms.moments import scale_by_rectified_belief
+from gradkit.transforms.moments import scale_by_adabelief
 
 
 @register("adabelief")
@@ -43,9 +43,6 @@ def adabelief(
   _checks.check_unit_interval("b1", b1)
   _checks.check_unit_interval("b2", b2)
   _checks.check_non_negative("eps", eps)
-  if rectify:
-    direction = scale_by_rectified_belief(b1, b2, eps)
-  else:
-    direction = optax.scale_by_belief(b1, b2, eps=eps, eps_root=eps)
+  direction = scale_by_adabelief(b1, b2, eps, rectify)
   return recipe(
       direction, learning_rate=learning_rate, weight_decay=weight_decay, mask=mask)

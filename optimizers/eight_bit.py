@@ -25,7 +25,7 @@ import optax
 from gradkit import _checks
 from gradkit.optimizers._recipe import MaskOrFn, recipe
 from gradkit.registry import register
-from gradkit.transforms.moments import scale_by_rectified_belief
+from gradkit.transforms.moments import scale_by_adabelief
 from gradkit.transforms.quantized_state import KeepFp32, quantized
 from gradkit.transforms.sign_momentum import scale_by_sign_momentum
 
@@ -177,10 +177,7 @@ def adabelief8bit(
   _checks.check_unit_interval("b1", b1)
   _checks.check_unit_interval("b2", b2)
   _checks.check_non_negative("eps", eps)
-  if rectify:
-    direction = scale_by_rectified_belief(b1, b2, eps)
-  else:
-    direction = optax.scale_by_belief(b1, b2, eps=eps, eps_root=eps)
+  direction = scale_by_adabelief(b1, b2, eps, rectify)
   return recipe(
       _eight_bit(direction, block_size, min_size, keep_fp32),
       learning_rate=learning_rate, weight_decay=weight_decay, mask=mask,

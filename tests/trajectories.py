@@ -44,8 +44,8 @@ class RandomProblem:
     return jax.device_get(out)
 
 
-def run_updates(tx, params, grads_seq):
-  """Parameters after each of `grads_seq`'s steps, the update jitted."""
+def run_updates_and_state(tx, params, grads_seq):
+  """(parameters after each of `grads_seq`'s steps, final state); update jitted."""
   update = jax.jit(tx.update)
   state = tx.init(params)
   history = []
@@ -53,7 +53,12 @@ def run_updates(tx, params, grads_seq):
     u, state = update(g, state, params)
     params = optax.apply_updates(params, u)
     history.append(params)
-  return history
+  return history, state
+
+
+def run_updates(tx, params, grads_seq):
+  """Parameters after each of `grads_seq`'s steps, the update jitted."""
+  return run_updates_and_state(tx, params, grads_seq)[0]
 
 
 def assert_trajectories_close(a_list, b_list, rtol=1e-5):

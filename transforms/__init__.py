@@ -10,6 +10,7 @@ from gradkit.transforms.moments import (
     EmaFromFirstUpdateState,
     ScaleByAdanOfficialState,
     ema_from_first_update,
+    scale_by_adabelief,
     scale_by_adam_eps_before_correction,
     scale_by_adam_lookahead,
     scale_by_adan_official,

@@ -400,3 +400,22 @@ def ema_from_first_update(
     return ema, EmaFromFirstUpdateState(count=count, ema=ema)
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def scale_by_adabelief(
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-16,
+    rectify: bool = True,
+) -> optax.GradientTransformation:
+  """AdaBelief's direction: `scale_by_rectified_belief`, or with `rectify=False`
+  the paper's Algorithm 2, `optax.scale_by_belief(eps=eps, eps_root=eps)`.
+
+  The one place gradkit chooses between them (`adabelief`, `adabelief8bit`).
+
+  References:
+    Zhuang et al., AdaBelief Optimizer, NeurIPS 2020.
+  """
+  if rectify:
+    return scale_by_rectified_belief(b1, b2, eps)
+  return optax.scale_by_belief(b1, b2, eps=eps, eps_root=eps)

@@ -16,6 +16,7 @@ import gradkit
 from gradkit.optimizers.eight_bit import adam8bit, adamw8bit
 from gradkit.registry import get_factory
 from gradkit.transforms.quantized_state import QuantizedArray, QuantizedState, quantized_view
+from trajectories import run_updates_and_state
 
 NAMES_8BIT = ("adam8bit", "adamw8bit", "lion8bit", "momentum8bit", "adabelief8bit")
 FP32_TWIN = {
@@ -32,14 +33,7 @@ GRADS = [jax.tree.map(lambda p: jnp.asarray(RNG.normal(size=p.shape), jnp.float3
 
 
 def _trajectory(tx, grads=GRADS, params=PARAMS):
-  state = tx.init(params)
-  update = jax.jit(tx.update)
-  out = []
-  for g in grads:
-    u, state = update(g, state, params)
-    params = optax.apply_updates(params, u)
-    out.append(params)
-  return out, state
+  return run_updates_and_state(tx, params, grads)
 
 
 def _quantized_leaves(state):

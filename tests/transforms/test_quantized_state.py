@@ -16,6 +16,7 @@ from gradkit.transforms.quantized_state import (
     quantized,
     quantized_view,
 )
+from trajectories import run_updates_and_state
 
 G1 = np.array([0.5, -0.25, 0.1, 0, 3, -2, 0.01, 1], np.float32)
 G2 = np.array([0.4, 0.3, -0.2, 0.05, -1, 2.5, 0.02, 1], np.float32)
@@ -27,14 +28,7 @@ def _adam8(block_size=4, min_size=0, **kw):
 
 
 def _run(tx, grads, params):
-  state = tx.init(params)
-  update = jax.jit(tx.update)
-  out = []
-  for g in grads:
-    u, state = update(g, state, params)
-    params = optax.apply_updates(params, u)
-    out.append(params)
-  return out, state
+  return run_updates_and_state(tx, params, grads)
 
 
 def _moments(state):
