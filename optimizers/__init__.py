@@ -9,4 +9,5 @@ from gradkit.optimizers.diffgrad import diffgrad
 from gradkit.optimizers.eight_bit import adabelief8bit, adam8bit, adamw8bit, lion8bit, momentum8bit
 from gradkit.optimizers.large_batch import lamb, lars
 from gradkit.optimizers.lion import lion
+from gradkit.optimizers.matrix_labels import matrix_labels
 from gradkit.optimizers.sgd_sai import sgd_sai

@@ -2,15 +2,38 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import jax
 import optax
 
 from gradkit import _checks
 from gradkit.transforms.tree_checks import check_updates_match_params
 
 MaskOrFn = Any | Callable[[optax.Params], Any] | None
+LabelsOrFn = Any | Callable[[optax.Params], Any]
+
+
+def descend(
+    *direction: optax.GradientTransformation,
+    learning_rate: optax.ScalarOrSchedule,
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    mask: MaskOrFn = None,
+) -> optax.GradientTransformation:
+  """direction, then decoupled weight decay, then -lr: p <- p - lr * (d + wd * p).
+
+  Decay is optax.add_decayed_weights with `mask` (AdamW/Lion style), the step
+  optax.scale_by_learning_rate. Both rates accept schedules; negative
+  constants are rejected here, when the optimizer is built.
+  """
+  _checks.check_non_negative("learning_rate", learning_rate)
+  _checks.check_non_negative("weight_decay", weight_decay)
+  return optax.chain(
+      *direction,
+      optax.add_decayed_weights(weight_decay, mask),
+      optax.scale_by_learning_rate(learning_rate),
+  )
 
 
 def recipe(
@@ -19,18 +42,29 @@ def recipe(
     weight_decay: optax.ScalarOrSchedule = 0.0,
     mask: MaskOrFn = None,
 ) -> optax.GradientTransformationExtraArgs:
-  """Chains `direction` between the shared head and tail of a recipe.
-
-  p <- p - lr * (d + wd * p), with d the output of `direction`: decoupled
-  weight decay (AdamW/Lion style, optax.add_decayed_weights with `mask`) and
-  optax.scale_by_learning_rate. Both rates accept schedules; negative
-  constants are rejected here, when the optimizer is built.
-  """
-  _checks.check_non_negative("learning_rate", learning_rate)
-  _checks.check_non_negative("weight_decay", weight_decay)
+  """`descend(...)` behind the shared tree check: every single-rule recipe."""
   return optax.chain(
       check_updates_match_params(),
-      *direction,
-      optax.add_decayed_weights(weight_decay, mask),
-      optax.scale_by_learning_rate(learning_rate),
+      descend(*direction, learning_rate=learning_rate, weight_decay=weight_decay, mask=mask),
   )
+
+
+def partitioned_recipe(
+    branches: Mapping[str, optax.GradientTransformation], param_labels: LabelsOrFn
+) -> optax.GradientTransformationExtraArgs:
+  """One `descend` chain per label, behind the shared tree check.
+
+  `param_labels` is a tree of labels matching the params, or a callable
+  params -> such a tree (optax.partition semantics). A label with no branch
+  raises a ValueError naming it when the optimizer is initialised.
+  """
+
+  def labels_of(params):
+    labels = param_labels(params) if callable(param_labels) else param_labels
+    unknown = sorted({str(x) for x in jax.tree.leaves(labels)} - set(branches))
+    if unknown:
+      raise ValueError(f"param_labels use {unknown}, but this optimizer only has "
+                       f"rules for {sorted(branches)}")
+    return labels
+
+  return optax.chain(check_updates_match_params(), optax.partition(dict(branches), labels_of))

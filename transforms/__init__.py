@@ -6,6 +6,15 @@ from gradkit.transforms.coordinate_clipping import (
 )
 from gradkit.transforms.friction import ScaleByFrictionState, scale_by_friction
 from gradkit.transforms.gsnr_scaling import scale_by_gsnr_at_init
+from gradkit.transforms.low_rank import (
+    LowRankProjectorState,
+    ProjectLowRankState,
+    make_projector,
+    project,
+    project_back,
+    project_low_rank,
+)
+from gradkit.transforms.matrix_view import as_matrix, check_matrix
 from gradkit.transforms.moments import (
     EmaFromFirstUpdateState,
     ScaleByAdanOfficialState,
@@ -16,6 +25,12 @@ from gradkit.transforms.moments import (
     scale_by_adan_official,
     scale_by_rectified_belief,
     trace_with_dampening,
+)
+from gradkit.transforms.newton_schulz import (
+    newton_schulz_orthogonalize,
+    newton_schulz_whiten,
+    orthogonalize_newton_schulz,
+    whiten_newton_schulz,
 )
 from gradkit.transforms.quantization import dequantize_blockwise, dynamic_map, quantize_blockwise
 from gradkit.transforms.quantized_state import (

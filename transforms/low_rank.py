@@ -1,0 +1,279 @@
+"""Low-rank projection of matrix gradients, refreshed every T steps.
+
+One implementation of the projector shared by GaLore, Natural GaLore,
+APOLLO and FRUGAL (and anything else that works in a subspace):
+
+- the side rule (`side`): "std" puts the projector on the smaller dimension
+  of the (m, n) view — m >= n: P in R^{r x n}, R = G P^T in R^{m x r};
+  m < n: P in R^{m x r}, R = P^T G in R^{r x n} — "reverse_std" swaps, "left"
+  and "right" force a side, "full" projects both (R = U^T G V, r x r);
+- the projector (`kind`): "svd", the top-r singular vectors of the current
+  gradient (GaLore; fp32 SVD); "gaussian", i.i.d. N(0, 1/r) entries
+  (APOLLO); "orthogonal", a random semi-orthogonal matrix (FRUGAL's random
+  type) — the random kinds are drawn from fold_in(fold_in(key, leaf), k // T),
+  so a seed reproduces every projector without storing more than one key;
+- refresh when the step count k (steps already taken) is a multiple of T.
+
+`project_low_rank(inner, ...)` runs any stateful `inner` transform on the
+projected gradients and maps its output back (GaLore); with `complement`
+it adds a state-free rule on the residual G - back(project(G)) and with
+`reset_on_refresh` it zeroes `inner`'s state whenever the projector changes
+(FRUGAL). Rank is clamped to min(m, n) of each leaf.
+
+References:
+  J. Zhao et al., GaLore: Memory-Efficient LLM Training by Gradient Low-Rank
+  Projection, ICML 2024. H. Zhu et al., APOLLO: SGD-like Memory, AdamW-level
+  Performance, MLSys 2025. P. Zmushko et al., FRUGAL: Memory-Efficient
+  Optimization by Reducing State Overhead for Scalable Training, ICML 2025.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gradkit import _checks
+from gradkit.transforms.matrix_view import as_matrix, check_matrix, matrix_shape
+
+Side = Literal["std", "reverse_std", "left", "right", "full"]
+Kind = Literal["svd", "gaussian", "orthogonal"]
+Complement = Literal["sign", "sgd"] | None
+_SIDES = ("std", "reverse_std", "left", "right", "full")
+_KINDS = ("svd", "gaussian", "orthogonal")
+_COMPLEMENTS = ("sign", "sgd", None)
+
+
+def resolve_side(shape: tuple[int, int], side: Side) -> str:
+  """"left", "right" or "full" for an (m, n) view under the `side` rule."""
+  m, n = shape
+  if side == "std":
+    return "right" if m >= n else "left"
+  if side == "reverse_std":
+    return "left" if m >= n else "right"
+  return side
+
+
+Rank = int | Callable[[tuple[int, int]], int]
+
+
+def effective_rank(shape: tuple[int, int], rank: Rank) -> int:
+  """`rank` (an int, or a function of the (m, n) view) clamped to [1, min(m, n)]."""
+  r = rank(shape) if callable(rank) else rank
+  return max(1, min(int(r), *shape))
+
+
+def projector_shape(shape: tuple[int, int], rank: Rank, side: Side) -> Any:
+  """Shape of the projector (a pair of shapes for "full")."""
+  (m, n), r, s = shape, effective_rank(shape, rank), resolve_side(shape, side)
+  return {"right": (r, n), "left": (m, r), "full": ((m, r), (n, r))}[s]
+
+
+def projected_shape(shape: tuple[int, int], rank: Rank, side: Side) -> tuple[int, int]:
+  """Shape of project(G): (m, r), (r, n) or (r, r)."""
+  (m, n), r, s = shape, effective_rank(shape, rank), resolve_side(shape, side)
+  return {"right": (m, r), "left": (r, n), "full": (r, r)}[s]
+
+
+def make_projector(g: jax.Array, key: jax.Array, rank: Rank, side: Side, kind: Kind) -> Any:
+  """A fresh projector for the (m, n) gradient `g` (float32)."""
+  g = g.astype(jnp.float32)
+  shape, r, s = g.shape, effective_rank(g.shape, rank), resolve_side(g.shape, side)
+  if kind == "svd":
+    u, _, vt = jnp.linalg.svd(g, full_matrices=False)
+    return {"right": vt[:r], "left": u[:, :r], "full": (u[:, :r], vt[:r].T)}[s]
+  if s == "full":
+    k1, k2 = jax.random.split(key)
+    return (_random_frame(k1, shape[0], r, kind), _random_frame(k2, shape[1], r, kind))
+  if s == "right":
+    return _random_frame(key, shape[1], r, kind).T
+  return _random_frame(key, shape[0], r, kind)
+
+
+def _random_frame(key: jax.Array, d: int, r: int, kind: Kind) -> jax.Array:
+  """A (d, r) random matrix: N(0, 1/r) entries, or orthonormal columns."""
+  x = jax.random.normal(key, (d, r), jnp.float32)
+  if kind == "gaussian":
+    return x / jnp.sqrt(jnp.float32(r))
+  q, rr = jnp.linalg.qr(x)
+  return q * jnp.sign(jnp.diagonal(rr))
+
+
+def project(g: jax.Array, projector: Any, side: str) -> jax.Array:
+  """G P^T ("right"), P^T G ("left") or U^T G V ("full")."""
+  if side == "right":
+    return g @ projector.T
+  if side == "left":
+    return projector.T @ g
+  u, v = projector
+  return u.T @ g @ v
+
+
+def project_back(x: jax.Array, projector: Any, side: str) -> jax.Array:
+  """The map back to (m, n): X P ("right"), P X ("left") or U X V^T ("full")."""
+  if side == "right":
+    return x @ projector
+  if side == "left":
+    return projector @ x
+  u, v = projector
+  return u @ x @ v.T
+
+
+class LowRankProjectorState(NamedTuple):
+  """Projectors of every leaf, their step count and the key of the random kinds."""
+
+  count: jax.Array  # int32 scalar: steps taken.
+  key: jax.Array  # uint32 raw PRNG key the random projectors derive from.
+  projectors: Any  # per leaf: (r, n), (m, r) or a pair for "full"; float32.
+
+
+def check_projection_options(rank: Rank, update_every: int, side: Side, kind: Kind) -> None:
+  """ValueError for a rank or period that is not a positive int, or an unknown option."""
+  for name, value in (("rank", rank), ("update_every", update_every)):
+    if name == "rank" and callable(value):
+      continue
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+      raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+  if side not in _SIDES:
+    raise ValueError(f"side must be one of {_SIDES}, got {side!r}")
+  if kind not in _KINDS:
+    raise ValueError(f"projector kind must be one of {_KINDS}, got {kind!r}")
+
+
+def init_projectors(
+    params: Any, rank: Rank, side: Side, seed: int, method: str
+) -> LowRankProjectorState:
+  """Zero projectors (replaced at the first step) for every matrix leaf."""
+
+  def zeros(path, p):
+    check_matrix(p, jax.tree_util.keystr(path) or "<root>", method)
+    return jax.tree.map(lambda s: jnp.zeros(s, jnp.float32),
+                        projector_shape(matrix_shape(p.shape), rank, side),
+                        is_leaf=lambda s: isinstance(s, tuple) and isinstance(s[0], int))
+
+  return LowRankProjectorState(
+      count=jnp.zeros([], jnp.int32),
+      key=jax.random.key_data(jax.random.key(seed)),
+      projectors=jax.tree_util.tree_map_with_path(zeros, params))
+
+
+def refresh_projectors(
+    state: LowRankProjectorState,
+    grads: Any,
+    rank: Rank,
+    update_every: int,
+    side: Side,
+    kind: Kind,
+) -> tuple[Any, jax.Array]:
+  """(projectors for this step, whether they were redrawn), from the 2-D grads.
+
+  Redrawn when count % update_every == 0; the SVD runs only on those steps.
+  Leaf i's random projector uses fold_in(fold_in(key, i), count // T).
+  """
+  refresh = state.count % update_every == 0
+  base = jax.random.wrap_key_data(state.key)
+  leaves, treedef = jax.tree.flatten(grads)
+  old = treedef.flatten_up_to(state.projectors)
+  new = []
+  for i, (g, p) in enumerate(zip(leaves, old)):
+    key = jax.random.fold_in(jax.random.fold_in(base, i), state.count // update_every)
+    new.append(jax.lax.cond(
+        refresh, lambda g=g, key=key: make_projector(g, key, rank, side, kind), lambda p=p: p))
+  return treedef.unflatten(new), refresh
+
+
+class ProjectLowRankState(NamedTuple):
+  """State of `project_low_rank`: the projectors and `inner`'s (subspace) state."""
+
+  projection: LowRankProjectorState
+  inner: optax.OptState
+
+
+def project_low_rank(
+    inner: optax.GradientTransformation,
+    rank: Rank,
+    update_every: int = 200,
+    *,
+    kind: Kind = "svd",
+    side: Side = "std",
+    seed: int = 0,
+    scale: jax.typing.ArrayLike = 1.0,
+    complement: Complement = None,
+    complement_scale: jax.typing.ArrayLike = 1.0,
+    reset_on_refresh: bool = False,
+) -> optax.GradientTransformation:
+  """Runs `inner` on low-rank projections of the matrix updates.
+
+  u = scale * back(inner(project(G))) + complement_scale * c(G - back(project(G)))
+  with c = sign (signSGD), identity (SGD) or absent (`complement=None`,
+  GaLore). `inner` sees float32 projected gradients and keeps its state in
+  the subspace; with `reset_on_refresh` that state is re-initialised
+  whenever the projectors are redrawn (FRUGAL's `reset_statistics`),
+  otherwise carried across refreshes (GaLore). The complement needs an
+  orthonormal projector ("svd" or "orthogonal").
+
+  Args:
+    inner: the stateful rule run in the subspace (e.g. Adam).
+    rank: target rank r (an int, or a function of each leaf's (m, n) view,
+      e.g. FRUGAL's round(rho * side)), clamped to [1, min(m, n)] per leaf.
+    update_every: refresh period T of the projectors.
+    kind: "svd", "gaussian" or "orthogonal" (module docstring).
+    side: side rule (module docstring).
+    seed: seed of the random projectors.
+    scale: multiplies inner's mapped-back output (GaLore's alpha).
+    complement: state-free rule on the residual: "sign", "sgd" or None.
+    complement_scale: multiplies the complement's output.
+    reset_on_refresh: re-initialise inner's state at each refresh.
+
+  Returns:
+    An `optax.GradientTransformation` acting on matrix leaves only; vectors
+    and scalars raise a ValueError (route them with `matrix_labels`).
+  """
+  check_projection_options(rank, update_every, side, kind)
+  if complement not in _COMPLEMENTS:
+    raise ValueError(f"complement must be one of {_COMPLEMENTS}, got {complement!r}")
+  if complement is not None and kind == "gaussian":
+    raise ValueError("a complement needs an orthonormal projector: kind='svd' or 'orthogonal'")
+  _checks.check_non_negative("scale", scale)
+  _checks.check_non_negative("complement_scale", complement_scale)
+  method = "project_low_rank"
+
+  def subspace_zeros(params):
+    return jax.tree.map(
+        lambda p: jnp.zeros(projected_shape(matrix_shape(p.shape), rank, side), jnp.float32),
+        params)
+
+  def init_fn(params):
+    projection = init_projectors(params, rank, side, seed, method)
+    return ProjectLowRankState(projection, inner.init(subspace_zeros(params)))
+
+  def update_fn(updates, state, params=None):
+    del params
+    grads = jax.tree.map(lambda u: as_matrix(u).astype(jnp.float32), updates)
+    projectors, refreshed = refresh_projectors(
+        state.projection, grads, rank, update_every, side, kind)
+    sides = jax.tree.map(lambda g: resolve_side(g.shape, side), grads)
+    low = jax.tree.map(project, grads, projectors, sides)
+    inner_state = state.inner
+    if reset_on_refresh:
+      fresh = inner.init(subspace_zeros(updates))
+      inner_state = jax.tree.map(lambda f, s: jnp.where(refreshed, f, s), fresh, inner_state)
+    low_updates, inner_state = inner.update(low, inner_state)
+
+    def combine(u, g, x, r, p, s):
+      out = scale * project_back(x, p, s)
+      if complement is not None:
+        residual = g - project_back(r, p, s)
+        rule = jnp.sign(residual) if complement == "sign" else residual
+        out = out + complement_scale * rule
+      return out.reshape(u.shape).astype(u.dtype)
+
+    new_updates = jax.tree.map(combine, updates, grads, low_updates, low, projectors, sides)
+    projection = state.projection._replace(
+        count=optax.safe_increment(state.projection.count), projectors=projectors)
+    return new_updates, ProjectLowRankState(projection, inner_state)
+
+  return optax.GradientTransformation(init_fn, update_fn)
