@@ -15,6 +15,15 @@ MaskOrFn = Any | Callable[[optax.Params], Any] | None
 LabelsOrFn = Any | Callable[[optax.Params], Any]
 
 
+def _tail(
+    learning_rate: optax.ScalarOrSchedule, weight_decay: optax.ScalarOrSchedule, mask: MaskOrFn
+) -> tuple[optax.GradientTransformation, ...]:
+  _checks.check_non_negative("learning_rate", learning_rate)
+  _checks.check_non_negative("weight_decay", weight_decay)
+  return (optax.add_decayed_weights(weight_decay, mask),
+          optax.scale_by_learning_rate(learning_rate))
+
+
 def descend(
     *direction: optax.GradientTransformation,
     learning_rate: optax.ScalarOrSchedule,
@@ -27,13 +36,7 @@ def descend(
   optax.scale_by_learning_rate. Both rates accept schedules; negative
   constants are rejected here, when the optimizer is built.
   """
-  _checks.check_non_negative("learning_rate", learning_rate)
-  _checks.check_non_negative("weight_decay", weight_decay)
-  return optax.chain(
-      *direction,
-      optax.add_decayed_weights(weight_decay, mask),
-      optax.scale_by_learning_rate(learning_rate),
-  )
+  return optax.chain(*direction, *_tail(learning_rate, weight_decay, mask))
 
 
 def recipe(
@@ -42,11 +45,12 @@ def recipe(
     weight_decay: optax.ScalarOrSchedule = 0.0,
     mask: MaskOrFn = None,
 ) -> optax.GradientTransformationExtraArgs:
-  """`descend(...)` behind the shared tree check: every single-rule recipe."""
+  """`descend(...)` behind the shared tree check: every single-rule recipe.
+
+  The chain is flat: (tree check, *direction, decay, learning rate).
+  """
   return optax.chain(
-      check_updates_match_params(),
-      descend(*direction, learning_rate=learning_rate, weight_decay=weight_decay, mask=mask),
-  )
+      check_updates_match_params(), *direction, *_tail(learning_rate, weight_decay, mask))
 
 
 def partitioned_recipe(
