@@ -36,7 +36,20 @@ def descend(
   optax.scale_by_learning_rate. Both rates accept schedules; negative
   constants are rejected here, when the optimizer is built.
   """
-  return optax.chain(*direction, *_tail(learning_rate, weight_decay, mask))
+  return optax.chain(*direction, *_tail(learning_rate, weight_decay, _restricted(mask)))
+
+
+def _restricted(mask: MaskOrFn) -> MaskOrFn:
+  """A mask tree usable inside `optax.partition`, whose branches see only their
+  own leaves (the others are `optax.MaskedNode`s); callables pass through."""
+  if mask is None or callable(mask):
+    return mask
+
+  def restrict(params):
+    return jax.tree.map(
+        lambda m, p: p if isinstance(p, optax.MaskedNode) else m, mask, params)
+
+  return restrict
 
 
 def recipe(
