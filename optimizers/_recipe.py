@@ -9,6 +9,7 @@ import jax
 import optax
 
 from gradkit import _checks
+from gradkit.optimizers.matrix_labels import matrix_labels
 from gradkit.transforms.tree_checks import check_updates_match_params
 
 MaskOrFn = Any | Callable[[optax.Params], Any] | None
@@ -67,14 +68,17 @@ def recipe(
 
 
 def partitioned_recipe(
-    branches: Mapping[str, optax.GradientTransformation], param_labels: LabelsOrFn
+    branches: Mapping[str, optax.GradientTransformation], param_labels: LabelsOrFn | None = None
 ) -> optax.GradientTransformationExtraArgs:
   """One `descend` chain per label, behind the shared tree check.
 
   `param_labels` is a tree of labels matching the params, or a callable
-  params -> such a tree (optax.partition semantics). A label with no branch
+  params -> such a tree (optax.partition semantics); None means
+  `matrix_labels`. (Factories default it to None: `optax.inject_hyperparams`
+  would take a callable default for a schedule.) A label with no branch
   raises a ValueError naming it when the optimizer is initialised.
   """
+  param_labels = matrix_labels if param_labels is None else param_labels
 
   def labels_of(params):
     labels = param_labels(params) if callable(param_labels) else param_labels
@@ -85,3 +89,35 @@ def partitioned_recipe(
     return labels
 
   return optax.chain(check_updates_match_params(), optax.partition(dict(branches), labels_of))
+
+
+def matrix_or_fallback(
+    matrix: optax.GradientTransformation,
+    fallback: optax.GradientTransformation,
+    param_labels: LabelsOrFn | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  """`matrix` on "matrix" leaves, `fallback` on "embedding", "head" and "vector"."""
+  return partitioned_recipe(
+      {"matrix": matrix, "embedding": fallback, "head": fallback, "vector": fallback},
+      param_labels)
+
+
+def matrix_recipe(
+    matrix_rule: optax.GradientTransformation,
+    fallback: optax.GradientTransformation,
+    *,
+    learning_rate: optax.ScalarOrSchedule,
+    weight_decay: optax.ScalarOrSchedule,
+    mask: MaskOrFn,
+    param_labels: LabelsOrFn | None,
+) -> optax.GradientTransformationExtraArgs:
+  """`matrix_rule` on "matrix" leaves, `fallback` on the others; same lr and decay.
+
+  For methods whose papers give the fallback leaves the same learning rate
+  and weight decay (GaLore, Natural GaLore, FRUGAL).
+  """
+
+  def branch(direction):
+    return descend(direction, learning_rate=learning_rate, weight_decay=weight_decay, mask=mask)
+
+  return matrix_or_fallback(branch(matrix_rule), branch(fallback), param_labels)

@@ -5,9 +5,9 @@ RMSNorm -> up -> ReLU -> down, final norm, untied head) predicting the next
 token of a random sparse Markov chain over 16 symbols. The loss is the exact
 expected cross-entropy under the chain's stationary distribution, so the
 best achievable loss is the chain's entropy rate and no sampling noise
-enters. Each method runs 150 jitted full-batch steps at each rate of a small
-grid (its best is kept, as for AdamW); the recorded threshold is on the
-excess loss over the entropy rate relative to AdamW's.
+enters. Each method runs 60 jitted full-batch steps at each rate of a small
+grid (its best is kept, as for AdamW) and must end within MARGIN_NATS of
+AdamW's loss; plain SGD with momentum misses that margin, so it can fail.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ import optax
 import pytest
 
 import gradkit
+import gradkit.registry
 
 VOCAB, D, FFN, STEPS = 64, 32, 64, 60
-RATES = (3e-3, 1e-2, 3e-2)
+RATES = (3e-3, 1e-2, 3e-2, 1e-1)
 
 
 def _chain(seed: int = 0, support: int = 3):
@@ -70,25 +71,25 @@ def loss(params):
   return -jnp.sum(PI[:, None] * TRANSITION * jax.nn.log_softmax(logits))
 
 
-def final_loss(tx: optax.GradientTransformation) -> float:
-  params = _init()
+def best_excess(name: str, **hparams) -> float:
+  """Least final loss minus the entropy rate over RATES (one compile, vmapped)."""
+  factory = optax.inject_hyperparams(
+      gradkit.registry.get_factory(name), static_args=tuple(hparams))
 
-  @jax.jit
-  def run(params):
+  def run(learning_rate):
+    tx = factory(learning_rate=learning_rate, **hparams)
+
     def step(carry, _):
       params, state = carry
       updates, state = tx.update(jax.grad(loss)(params), state, params)
       return (optax.apply_updates(params, updates), state), None
 
+    params = _init()
     (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), None, length=STEPS)
     return loss(params)
 
-  return float(run(params))
-
-
-def best_excess(name: str, **hparams) -> float:
-  finals = [final_loss(gradkit.create(name, learning_rate=lr, **hparams)) for lr in RATES]
-  return min(f for f in finals if np.isfinite(f)) - ENTROPY_RATE
+  finals = np.asarray(jax.jit(jax.vmap(run))(jnp.asarray(RATES, jnp.float32)))
+  return float(np.min(finals[np.isfinite(finals)])) - ENTROPY_RATE
 
 
 def test_entropy_rate_is_the_floor():
@@ -99,3 +100,30 @@ def test_entropy_rate_is_the_floor():
 @pytest.fixture(scope="module")
 def adamw_excess() -> float:
   return best_excess("adamw")
+
+
+# Ranks well below the 32/64-wide matrices, and a projector refresh period
+# the 60 steps actually cross; everything else at the paper defaults.
+LOW_RANK = {"rank": 8, "update_proj_gap": 20}
+HPARAMS = {
+    "swan": {}, "sinkgd": {}, "scale": {}, "muon": {},
+    "cosmos": {"rank": 8},
+    "galore": LOW_RANK, "natural_galore": LOW_RANK, "apollo": LOW_RANK,
+    "apollo_mini": {"update_proj_gap": 20},
+    "frugal": {"update_gap": 20},
+}
+# Recorded once (best excess over the entropy rate 0.832 nats, 60 steps):
+# adamw 0.0036; swan 0.021, sinkgd 0.080, scale 0.086, muon 0.020,
+# cosmos 0.010, galore 0.0063, natural_galore 0.0034, apollo 0.0026,
+# apollo_mini 0.0076, frugal 0.055; SGD with momentum 0.45.
+MARGIN_NATS = 0.1
+
+
+@pytest.mark.parametrize("name", sorted(HPARAMS))
+def test_trains_token_model_about_as_well_as_adamw(name, adamw_excess):
+  excess = best_excess(name, **HPARAMS[name])
+  assert excess < adamw_excess + MARGIN_NATS, (name, excess, adamw_excess)
+
+
+def test_margin_separates_sgd_from_adamw(adamw_excess):
+  assert best_excess("sgd") > adamw_excess + MARGIN_NATS

@@ -1,9 +1,17 @@
 """Primitives: small optax transformations, one concern each."""
 
+from gradkit.transforms.apollo import (
+    LimitNormGrowthState,
+    ScaleByApolloRatiosState,
+    limit_norm_growth,
+    scale_by_apollo,
+    scale_by_apollo_ratios,
+)
 from gradkit.transforms.coordinate_clipping import (
     clip_coordinates_top_fraction,
     scale_by_adam_clipped_first_moment,
 )
+from gradkit.transforms.cosmos import ScaleByCosmosState, scale_by_cosmos
 from gradkit.transforms.friction import ScaleByFrictionState, scale_by_friction
 from gradkit.transforms.gsnr_scaling import scale_by_gsnr_at_init
 from gradkit.transforms.low_rank import (
@@ -18,6 +26,7 @@ from gradkit.transforms.matrix_view import as_matrix, check_matrix
 from gradkit.transforms.moments import (
     EmaFromFirstUpdateState,
     ScaleByAdanOfficialState,
+    debiased_ema,
     ema_from_first_update,
     scale_by_adabelief,
     scale_by_adam_eps_before_correction,
@@ -26,11 +35,21 @@ from gradkit.transforms.moments import (
     scale_by_rectified_belief,
     trace_with_dampening,
 )
+from gradkit.transforms.natural_gradient import (
+    PreconditionNaturalFisherState,
+    precondition_natural_fisher,
+)
 from gradkit.transforms.newton_schulz import (
     newton_schulz_orthogonalize,
     newton_schulz_whiten,
     orthogonalize_newton_schulz,
     whiten_newton_schulz,
+)
+from gradkit.transforms.normalization import (
+    normalize_axis,
+    normalize_sinkhorn,
+    rms_normalize,
+    sinkhorn_normalize,
 )
 from gradkit.transforms.quantization import dequantize_blockwise, dynamic_map, quantize_blockwise
 from gradkit.transforms.quantized_state import (

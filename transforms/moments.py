@@ -419,3 +419,54 @@ def scale_by_adabelief(
   if rectify:
     return scale_by_rectified_belief(b1, b2, eps)
   return optax.scale_by_belief(b1, b2, eps=eps, eps_root=eps)
+
+
+def debiased_ema(
+    decay: jax.typing.ArrayLike,
+    nesterov: bool = True,
+) -> optax.GradientTransformation:
+  """Bias-corrected EMA momentum, optionally with a Nesterov look-ahead.
+
+  mu <- decay mu + (1 - decay) g. Without `nesterov` the output is
+  mu / (1 - decay^t): `optax.ema(decay, debias=True)` itself. With it, the
+  output is
+
+    decay mu / (1 - decay^(t+1)) + (1 - decay) g / (1 - decay^t),
+
+  the first moment of `optax.scale_by_adam(nesterov=True)` (NAdam) and the
+  momentum of `optax.contrib.scale_by_muon`; neither exposes it without its
+  second step (Adam's division, Muon's orthogonalization). The state is
+  `optax.ema`'s own; only the output is recomputed from it.
+
+  Args:
+    decay: the momentum coefficient, in [0, 1).
+    nesterov: add the look-ahead (static).
+
+  Returns:
+    An `optax.GradientTransformation` with an `optax.EmaState`; the
+    accumulator keeps the params' dtype.
+
+  References:
+    Dozat, Incorporating Nesterov Momentum into Adam, ICLR 2016 workshop.
+    K. Jordan et al., Muon: An optimizer for hidden layers in neural networks
+    (2024).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> tx = debiased_ema(0.5)
+    >>> u, _ = tx.update(jnp.array([2.0]), tx.init(jnp.zeros(1)))
+    >>> round(float(u[0]), 4)  # 0.5 * 1.0 / 0.75 + 0.5 * 2.0 / 0.5
+    2.6667
+  """
+  _checks.check_unit_interval("decay", decay)
+  moments = optax.ema(decay, debias=True)
+  if not nesterov:
+    return moments
+
+  def direction(updates, state):
+    return jax.tree.map(
+        lambda m, g: decay * m + (1 - decay) * g,
+        optax.tree.bias_correction(state.ema, decay, optax.safe_increment(state.count)),
+        optax.tree.bias_correction(updates, decay, state.count))
+
+  return _with_direction(moments, direction)

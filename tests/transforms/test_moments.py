@@ -15,6 +15,7 @@ import optax
 import pytest
 
 from gradkit.transforms.moments import (
+    debiased_ema,
     ema_from_first_update,
     scale_by_adam_eps_before_correction,
     scale_by_adam_lookahead,
@@ -297,8 +298,39 @@ def test_momentum_buffer_keeps_params_dtype_under_injected_float32(name, buffer)
         lambda: trace_with_dampening(0.9, dampening=1.5),
         lambda: ema_from_first_update(1.0),
         lambda: ema_from_first_update(-0.1),
+        lambda: debiased_ema(1.0),
+        lambda: debiased_ema(-0.1, nesterov=False),
     ],
 )
 def test_invalid_hyperparameters_raise(build):
   with pytest.raises(ValueError):
     build()
+
+
+# --- debiased_ema ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_debiased_ema_matches_the_bias_corrected_momentum(nesterov):
+  beta = 0.8
+
+  def rule(g, t, memo):
+    mu = beta * memo.get("mu", 0 * g) + (1 - beta) * g
+    memo["mu"] = mu
+    if nesterov:
+      return beta * mu / (1 - beta ** (t + 1)) + (1 - beta) * g / (1 - beta**t)
+    return mu / (1 - beta**t)
+
+  ours, state = _outputs(debiased_ema(beta, nesterov))
+  _assert_trajectories_close(ours, _per_leaf(rule))
+  assert isinstance(state, optax.EmaState) and int(state.count) == len(GRADS)
+
+
+def test_debiased_ema_is_the_first_moment_of_nadam():
+  # With b2 = 0 and eps_root = 0, Adam divides by |g|: undo that to expose
+  # optax.scale_by_adam(nesterov=True)'s own first moment.
+  adam, _ = _outputs(optax.scale_by_adam(0.9, 0.0, eps=0.0, nesterov=True))
+  ours, _ = _outputs(debiased_ema(0.9))
+  for u, a, g in zip(ours, adam, GRADS):
+    for k in g:
+      np.testing.assert_allclose(u[k], a[k] * np.abs(g[k]), rtol=1e-5, atol=1e-6)

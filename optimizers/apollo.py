@@ -1,0 +1,160 @@
+"""APOLLO and APOLLO-Mini: AdamW-like steps with SGD-like optimizer memory.
+
+Matrix leaves get `gradkit.transforms.apollo.scale_by_apollo` (channel-wise
+ratios at rank r for APOLLO, one tensor-wise ratio at rank 1 for
+APOLLO-Mini); embeddings, heads, vectors and scalars get the official code's
+second parameter group: AdamW with eps added to the uncorrected sqrt(v)
+(`scale_by_adam_eps_before_correction`), at the same learning rate.
+Leaves with more than two axes use the `matrix_view` rule (leading axes
+merged); the rank is clamped to min(m, n) of each matrix.
+
+`rank`, `update_proj_gap` and `param_labels` default to None (meaning 256,
+200 and `matrix_labels`): `optax.inject_hyperparams` would turn an int
+default into an array and call a callable default as a schedule, while it
+leaves None alone. Pass explicit values there through `static_args`.
+
+Weight decay is decoupled and applied with the step, p <- p - lr (d + wd p);
+the official code decays after the update, p <- (1 - lr wd)(p - lr d),
+which differs by O(lr^2 wd).
+
+References:
+  H. Zhu et al., APOLLO: SGD-like Memory, AdamW-level Performance, MLSys
+  2025, https://arxiv.org/abs/2412.05270 (official code zhuhanqing/APOLLO).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import optax
+
+from gradkit.optimizers._recipe import LabelsOrFn, MaskOrFn, descend, matrix_or_fallback
+from gradkit.registry import register
+from gradkit.transforms.apollo import Granularity, scale_by_apollo
+from gradkit.transforms.low_rank import Rank
+from gradkit.transforms.moments import scale_by_adam_eps_before_correction
+
+Projector = Literal["gaussian", "svd"]
+RANK = 256  # the paper's 350M, 1B and 7B recipes
+UPDATE_PROJ_GAP = 200  # the projector's default and every recipe's
+
+
+def _apollo_recipe(
+    learning_rate: optax.ScalarOrSchedule,
+    rank: Rank | None,
+    update_proj_gap: int | None,
+    weight_decay: optax.ScalarOrSchedule,
+    mask: MaskOrFn,
+    param_labels: LabelsOrFn | None,
+    **apollo_options,
+) -> optax.GradientTransformationExtraArgs:
+  """APOLLO on "matrix" leaves, the official AdamW fallback on the rest."""
+  matrix_rule = scale_by_apollo(
+      RANK if rank is None else rank,
+      UPDATE_PROJ_GAP if update_proj_gap is None else update_proj_gap,
+      **apollo_options)
+  b1, b2, eps = (apollo_options[k] for k in ("b1", "b2", "eps"))
+  tail = dict(learning_rate=learning_rate, weight_decay=weight_decay, mask=mask)
+  fallback = descend(scale_by_adam_eps_before_correction(b1, b2, eps), **tail)
+  return matrix_or_fallback(descend(matrix_rule, **tail), fallback, param_labels)
+
+
+@register("apollo")
+def apollo(
+    learning_rate: optax.ScalarOrSchedule = 1e-2,
+    rank: Rank | None = None,
+    scale: float = 1.0,
+    update_proj_gap: int | None = None,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-6,
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    mask: MaskOrFn = None,
+    seed: int = 0,
+    projector: Projector = "gaussian",
+    granularity: Granularity = "channel",
+    limit_growth: float | None = 1.01,
+    scale_front: bool = False,
+    param_labels: LabelsOrFn | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  """APOLLO: the raw gradient scaled per channel by low-rank Adam ratios.
+
+  Defaults are the paper's pre-training recipes (scripts/pretrain_c4): lr
+  1e-2 (used there with cosine decay and 10% warm-up; the official class
+  default is 1e-3), rank 256 (350M-7B; the 60M run used 128 and 130M 192),
+  scale 1, projector refresh every 200 steps, betas (0.9, 0.999), eps 1e-6,
+  no weight decay, norm-growth limiter on.
+
+  Args:
+    learning_rate: step size (float or schedule), shared by both groups.
+    rank: projection rank r (static; None means 256), or a function of each
+      matrix's (m, n) view, e.g. `lambda s: min(s) // 4`.
+    scale: heuristic constant; updates are multiplied by sqrt(scale).
+    update_proj_gap: projector refresh period T (static; None means 200).
+    b1: first-moment decay rate (both groups).
+    b2: second-moment decay rate (both groups).
+    eps: Adam's eps, added to the uncorrected sqrt(v) (both groups).
+    weight_decay: decoupled weight decay (float or schedule).
+    mask: which leaves are decayed (tree or callable), as in optax.adamw.
+    seed: seed of the random projectors.
+    projector: "gaussian" (paper) or "svd" (GaLore's projector).
+    granularity: "channel" (APOLLO) or "tensor".
+    limit_growth: the norm-growth limiter's gamma, or None to disable it.
+    scale_front: apply sqrt(scale) before the limiter (official flag).
+    param_labels: label tree or callable (None means `matrix_labels`);
+      "matrix" leaves get APOLLO, the others AdamW.
+
+  References:
+    H. Zhu et al., APOLLO: SGD-like Memory, AdamW-level Performance, MLSys 2025.
+  """
+  return _apollo_recipe(
+      learning_rate, rank, update_proj_gap, weight_decay, mask, param_labels,
+      granularity=granularity, scale=scale, b1=b1, b2=b2, eps=eps, seed=seed,
+      projector=projector, limit_growth=limit_growth, scale_front=scale_front)
+
+
+@register("apollo_mini")
+def apollo_mini(
+    learning_rate: optax.ScalarOrSchedule = 1e-2,
+    scale: float = 128.0,
+    update_proj_gap: int | None = None,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-6,
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    mask: MaskOrFn = None,
+    seed: int = 0,
+    limit_growth: float | None = 1.01,
+    scale_front: bool = False,
+    param_labels: LabelsOrFn | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  """APOLLO-Mini: one tensor-wise ratio from rank-1 Gaussian projections.
+
+  State per m x n matrix: 2 max(m, n) floats of moments and a min(m, n)
+  projector, i.e. O(m + n). Defaults are the paper's recipes: lr 1e-2,
+  scale 128 (130M used 192, long-context runs 384), refresh every 200
+  steps, betas (0.9, 0.999), eps 1e-6, limiter on; `scale_front` was set
+  in the 60M and 130M scripts only and changes nothing but the limiter's
+  1e-8 guard. Other leaves get AdamW at the same lr, as in `apollo`.
+
+  Args:
+    learning_rate: step size (float or schedule), shared by both groups.
+    scale: heuristic constant; updates are multiplied by sqrt(scale).
+    update_proj_gap: projector refresh period T (static; None means 200).
+    b1: first-moment decay rate (both groups).
+    b2: second-moment decay rate (both groups).
+    eps: Adam's eps, added to the uncorrected sqrt(v) (both groups).
+    weight_decay: decoupled weight decay (float or schedule).
+    mask: which leaves are decayed (tree or callable).
+    seed: seed of the random projectors.
+    limit_growth: the norm-growth limiter's gamma, or None to disable it.
+    scale_front: apply sqrt(scale) before the limiter (official flag).
+    param_labels: label tree or callable (None means `matrix_labels`).
+
+  References:
+    H. Zhu et al., APOLLO: SGD-like Memory, AdamW-level Performance, MLSys 2025.
+  """
+  return _apollo_recipe(
+      learning_rate, 1, update_proj_gap, weight_decay, mask, param_labels,
+      granularity="tensor", scale=scale, b1=b1, b2=b2, eps=eps, seed=seed,
+      projector="gaussian", limit_growth=limit_growth, scale_front=scale_front)

@@ -1,0 +1,277 @@
+"""APOLLO's gradient scaling from low-rank moments, and the norm-growth limiter.
+
+APOLLO projects each matrix gradient G (m, n) with a random Gaussian
+projector to R (rank r, side rule "std": channels along the larger side),
+runs Adam's moments on R, and measures how much Adam stretches R, channel by
+channel (or once per tensor for APOLLO-Mini). The *raw* gradient is then
+multiplied by those ratios, so the update stays full rank. `scale_by_apollo`
+is the composition
+
+  scale_by_apollo_ratios -> limit_norm_growth -> x sqrt(scale) -> x sqrt(1-b2^t)/(1-b1^t)
+
+(with `scale_front` the sqrt(scale) factor comes before the limiter). The
+projector and its refresh schedule are `gradkit.transforms.low_rank`'s.
+
+References:
+  H. Zhu et al., APOLLO: SGD-like Memory, AdamW-level Performance, MLSys
+  2025, https://arxiv.org/abs/2412.05270 (official code zhuhanqing/APOLLO,
+  apollo_torch/apollo.py). X. Chen et al., Fira: Can We Achieve Full-rank
+  Training of LLMs Under Low-rank Constraint?, arXiv 2410.01623 (limiter).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gradkit import _checks
+from gradkit.transforms.low_rank import (
+    LowRankProjectorState,
+    Rank,
+    check_projection_options,
+    init_projectors,
+    project,
+    projected_shape,
+    refresh_projectors,
+    resolve_side,
+)
+from gradkit.transforms.matrix_view import as_matrix, matrix_shape
+
+Granularity = Literal["channel", "tensor"]
+_GRANULARITIES = ("channel", "tensor")
+_PROJECTORS = ("gaussian", "svd")
+# APOLLO's channels run along the larger side of the (m, n) view.
+_SIDE = "std"
+# Guards of the ratio and of the limiter: hard-coded in the official code and
+# in Fira, independent of Adam's eps.
+_NORM_GUARD = 1e-8
+
+
+class ScaleByApolloRatiosState(NamedTuple):
+  """Projectors, and Adam's moments of the projected gradients (float32)."""
+
+  projection: LowRankProjectorState
+  mu: optax.Updates  # per leaf: (m, r) if m >= n else (r, n).
+  nu: optax.Updates  # same shapes as mu.
+
+
+class LimitNormGrowthState(NamedTuple):
+  """Step count and, per leaf, the norm of the previous limited update."""
+
+  count: jax.Array  # int32 scalar: steps taken.
+  norm: optax.Updates  # per leaf: float32 scalar.
+
+
+def _ratio(n: jax.Array, r: jax.Array, side: str, granularity: Granularity) -> jax.Array:
+  """||N|| / (||R|| + 1e-8) per channel (broadcastable against G) or per tensor."""
+  if granularity == "tensor":
+    return jnp.linalg.norm(n) / (jnp.linalg.norm(r) + _NORM_GUARD)
+  # "right" projects the columns away (R is (m, r)): one ratio per row.
+  axis = 1 if side == "right" else 0
+  return jnp.linalg.norm(n, axis=axis, keepdims=True) / (
+      jnp.linalg.norm(r, axis=axis, keepdims=True) + _NORM_GUARD)
+
+
+def scale_by_apollo_ratios(
+    rank: Rank,
+    update_every: int = 200,
+    *,
+    granularity: Granularity = "channel",
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-6,
+    seed: int = 0,
+    projector: Literal["gaussian", "svd"] = "gaussian",
+) -> optax.GradientTransformation:
+  """Multiplies each raw matrix gradient by APOLLO's low-rank Adam ratios.
+
+  With R = project(G) (G P^T if m >= n, else P^T G), M and V Adam's moments
+  of R (kept across projector refreshes, no bias correction) and
+  N = M / (sqrt(V) + eps), the output is s * G with s = ||N_c|| / (||R_c|| + 1e-8)
+  per channel c (rows of a tall G, columns of a wide one) or per tensor.
+  Steps 1-5 of the APOLLO update; the step-size bias correction is left to
+  the caller (`scale_by_apollo`).
+
+  Args:
+    rank: projection rank r (an int, or a function of each leaf's (m, n)
+      view), clamped to [1, min(m, n)] per leaf. Static.
+    update_every: the projector is redrawn every `update_every` steps (T).
+    granularity: "channel" (APOLLO) or "tensor" (APOLLO-Mini). Static.
+    b1: decay rate of the low-rank first moment, in [0, 1).
+    b2: decay rate of the low-rank second moment, in [0, 1).
+    eps: added to the uncorrected sqrt(V).
+    seed: seed of the Gaussian projectors (leaf i, refresh k draws from
+      fold_in(fold_in(key(seed), i), k)).
+    projector: "gaussian" (N(0, 1/r) entries, APOLLO) or "svd" (GaLore's
+      top-r singular vectors, the official `proj="svd"`).
+
+  Returns:
+    An `optax.GradientTransformation` with a `ScaleByApolloRatiosState`,
+    acting on matrix leaves only (leaves with more than two axes use the
+    `matrix_view` rule); vectors and scalars raise a ValueError.
+  """
+  if projector not in _PROJECTORS:
+    raise ValueError(f"projector must be one of {_PROJECTORS}, got {projector!r}")
+  check_projection_options(rank, update_every, _SIDE, projector)
+  if granularity not in _GRANULARITIES:
+    raise ValueError(f"granularity must be one of {_GRANULARITIES}, got {granularity!r}")
+  _checks.check_unit_interval("b1", b1)
+  _checks.check_unit_interval("b2", b2)
+  _checks.check_non_negative("eps", eps)
+
+  def low_rank_zeros(params):
+    return jax.tree.map(
+        lambda p: jnp.zeros(projected_shape(matrix_shape(p.shape), rank, _SIDE), jnp.float32),
+        params)
+
+  def init_fn(params):
+    projection = init_projectors(params, rank, _SIDE, seed, "scale_by_apollo")
+    return ScaleByApolloRatiosState(projection, low_rank_zeros(params), low_rank_zeros(params))
+
+  def update_fn(updates, state, params=None):
+    del params
+    grads = jax.tree.map(lambda u: as_matrix(u).astype(jnp.float32), updates)
+    projectors, _ = refresh_projectors(
+        state.projection, grads, rank, update_every, _SIDE, projector)
+    sides = jax.tree.map(lambda g: resolve_side(g.shape, _SIDE), grads)
+    low = jax.tree.map(project, grads, projectors, sides)
+    mu = optax.tree.update_moment(low, state.mu, b1, 1)
+    nu = optax.tree.update_moment_per_elem_norm(low, state.nu, b2, 2)
+
+    def scaled(u, g, r, m, v, side):
+      s = _ratio(m / (jnp.sqrt(v) + eps), r, side, granularity)
+      return (s * g).reshape(u.shape).astype(u.dtype)
+
+    new_updates = jax.tree.map(scaled, updates, grads, low, mu, nu, sides)
+    projection = state.projection._replace(
+        count=optax.safe_increment(state.projection.count), projectors=projectors)
+    return new_updates, ScaleByApolloRatiosState(projection, mu, nu)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def limit_norm_growth(gamma: jax.typing.ArrayLike = 1.01) -> optax.GradientTransformation:
+  """Caps the growth of each leaf's update norm at a factor gamma per step.
+
+  Fira's norm-growth limiter, as used by APOLLO: the first update passes
+  and its norm a is remembered; afterwards
+  l = max(||u|| / (a + 1e-8), gamma) / gamma, u <- u / l and a <- ||u||.
+  So ||u_t|| <= gamma ||u_{t-1}|| (up to the 1e-8); shrinking norms pass
+  unchanged. Norms are Frobenius norms of whole leaves, in float32.
+
+  Args:
+    gamma: the largest allowed ratio of consecutive norms (> 0; 1.01 in
+      APOLLO and Fira).
+
+  Returns:
+    An `optax.GradientTransformation` with a `LimitNormGrowthState`.
+
+  References:
+    X. Chen et al., Fira, arXiv 2410.01623. H. Zhu et al., APOLLO, MLSys 2025.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> tx = limit_norm_growth(1.01)
+    >>> state = tx.init(jnp.zeros(2))
+    >>> _, state = tx.update(jnp.array([3.0, 4.0]), state)
+    >>> u, _ = tx.update(jnp.array([30.0, 40.0]), state)
+    >>> round(float(jnp.linalg.norm(u)), 4)
+    5.05
+  """
+  _checks.check_positive("gamma", gamma)
+
+  def init_fn(params):
+    return LimitNormGrowthState(
+        count=jnp.zeros([], jnp.int32),
+        norm=jax.tree.map(lambda _: jnp.zeros([], jnp.float32), params))
+
+  def update_fn(updates, state, params=None):
+    del params
+    norms = jax.tree.map(lambda u: jnp.linalg.norm(u.astype(jnp.float32)), updates)
+    limits = jax.tree.map(
+        lambda n, a: jnp.where(
+            state.count == 0, 1.0, jnp.maximum(n / (a + _NORM_GUARD), gamma) / gamma),
+        norms, state.norm)
+    new_updates = jax.tree.map(lambda u, lim: (u / lim).astype(u.dtype), updates, limits)
+    return new_updates, LimitNormGrowthState(
+        optax.safe_increment(state.count), jax.tree.map(jnp.divide, norms, limits))
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _adam_step_size(
+    b1: jax.typing.ArrayLike, b2: jax.typing.ArrayLike
+) -> optax.GradientTransformation:
+  """Multiplies by sqrt(1 - b2^t) / (1 - b1^t), t = 1, 2, ... (optax.scale_by_schedule)."""
+
+  def factor(count):
+    t = count + 1
+    return jnp.sqrt(1 - b2**t) / (1 - b1**t)
+
+  return optax.scale_by_schedule(factor)
+
+
+def scale_by_apollo(
+    rank: Rank,
+    update_every: int = 200,
+    *,
+    granularity: Granularity = "channel",
+    scale: jax.typing.ArrayLike = 1.0,
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-6,
+    seed: int = 0,
+    projector: Literal["gaussian", "svd"] = "gaussian",
+    limit_growth: jax.typing.ArrayLike | None = 1.01,
+    scale_front: bool = False,
+) -> optax.GradientTransformation:
+  """APOLLO's direction (steps 1-8 of the paper's update, before -lr).
+
+  u_t = sqrt(1 - b2^t) / (1 - b1^t) * sqrt(scale) * limit(s_t * G_t), a chain
+  of `scale_by_apollo_ratios`, `limit_norm_growth(limit_growth)` (left out
+  when `limit_growth` is None, the official `disable_nl`), `optax.scale`
+  by sqrt(scale) and the step-size bias correction. With `scale_front` the
+  sqrt(scale) factor precedes the limiter, as the official flag does; the
+  limiter compares norms that carry the same factor, so the two orders
+  differ only through its 1e-8 guard.
+
+  Args:
+    rank: projection rank (1 for APOLLO-Mini), clamped per leaf. Static.
+    update_every: projector refresh period T.
+    granularity: "channel" (APOLLO) or "tensor" (APOLLO-Mini). Static.
+    scale: the heuristic constant; the update is multiplied by sqrt(scale)
+      (1 for APOLLO, 128 for APOLLO-Mini in the paper).
+    b1: decay rate of the low-rank first moment.
+    b2: decay rate of the low-rank second moment.
+    eps: added to the uncorrected sqrt(V).
+    seed: seed of the random projectors.
+    projector: "gaussian" or "svd".
+    limit_growth: the limiter's gamma (1.01), or None to disable it. Static
+      whether None.
+    scale_front: apply sqrt(scale) before the limiter. Static.
+
+  Returns:
+    An `optax.GradientTransformation` (an `optax.chain`; matrix leaves only).
+
+  References:
+    H. Zhu et al., APOLLO: SGD-like Memory, AdamW-level Performance, MLSys
+    2025, https://arxiv.org/abs/2412.05270.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> tx = scale_by_apollo(rank=1, granularity="tensor", scale=128.0)
+    >>> u, _ = tx.update(jnp.ones((4, 3)), tx.init(jnp.zeros((4, 3))))
+    >>> u.shape
+    (4, 3)
+  """
+  _checks.check_positive("scale", scale)
+  ratios = scale_by_apollo_ratios(
+      rank, update_every, granularity=granularity, b1=b1, b2=b2, eps=eps, seed=seed,
+      projector=projector)
+  heuristic = optax.scale(jnp.sqrt(scale))
+  limiter = () if limit_growth is None else (limit_norm_growth(limit_growth),)
+  scaled = (heuristic, *limiter) if scale_front else (*limiter, heuristic)
+  return optax.chain(ratios, *scaled, _adam_step_size(b1, b2))
