@@ -65,3 +65,38 @@ def assert_trajectories_close(a_list, b_list, rtol=1e-5):
   for a, b in zip(a_list, b_list):
     for k in a:
       np.testing.assert_allclose(a[k], b[k], rtol=rtol, atol=1e-6)
+
+
+def mixed_tree(rng):
+  """Embedding, a kernel with its bias, an LM head and a scalar, float64."""
+  return {
+      "embed": {"embedding": rng.normal(size=(10, 4))},
+      "block": {"kernel": rng.normal(size=(4, 6)), "bias": rng.normal(size=(6,))},
+      "lm_head": {"kernel": rng.normal(size=(6, 10))},
+      "scale": rng.normal(size=()),
+  }
+
+
+def assert_kernel_rule_and_adamw_elsewhere(factory, direction, steps=4, lr=1e-2, wd=0.1):
+  """`factory(learning_rate=lr, weight_decay=wd)` on `mixed_tree`s: the kernel
+  follows p <- p - lr (direction(g) + wd p) with the float64 `direction`, and
+  every other leaf equals optax.adamw run on those leaves alone."""
+  rng = np.random.default_rng(2)
+  params = mixed_tree(rng)
+  grads = [mixed_tree(rng) for _ in range(steps)]
+  got = run_updates(factory(learning_rate=lr, weight_decay=wd), f32(params),
+                    [f32(g) for g in grads])
+
+  def others(t):
+    return {"embed": t["embed"], "lm_head": t["lm_head"], "scale": t["scale"],
+            "bias": t["block"]["bias"]}
+
+  want = run_updates(optax.adamw(lr, weight_decay=wd), f32(others(params)),
+                     [f32(others(g)) for g in grads])
+  for g_tree, w_tree in zip(got, want):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 others(g_tree), w_tree)
+  p = params["block"]["kernel"]
+  for g, got_tree in zip(grads, got):
+    p = p - lr * (direction(g["block"]["kernel"]) + wd * p)
+    np.testing.assert_allclose(got_tree["block"]["kernel"], p, atol=2e-5)

@@ -33,12 +33,9 @@ from gradkit.transforms.low_rank import (
     Rank,
     check_projection_options,
     init_projectors,
-    project,
-    projected_shape,
-    refresh_projectors,
-    resolve_side,
+    project_updates,
+    subspace_zeros,
 )
-from gradkit.transforms.matrix_view import as_matrix, matrix_shape
 
 Granularity = Literal["channel", "tensor"]
 _GRANULARITIES = ("channel", "tensor")
@@ -122,22 +119,15 @@ def scale_by_apollo_ratios(
   _checks.check_unit_interval("b2", b2)
   _checks.check_non_negative("eps", eps)
 
-  def low_rank_zeros(params):
-    return jax.tree.map(
-        lambda p: jnp.zeros(projected_shape(matrix_shape(p.shape), rank, _SIDE), jnp.float32),
-        params)
-
   def init_fn(params):
     projection = init_projectors(params, rank, _SIDE, seed, "scale_by_apollo")
-    return ScaleByApolloRatiosState(projection, low_rank_zeros(params), low_rank_zeros(params))
+    zeros = subspace_zeros(params, rank, _SIDE)
+    return ScaleByApolloRatiosState(projection, zeros, zeros)
 
   def update_fn(updates, state, params=None):
     del params
-    grads = jax.tree.map(lambda u: as_matrix(u).astype(jnp.float32), updates)
-    projectors, _ = refresh_projectors(
-        state.projection, grads, rank, update_every, _SIDE, projector)
-    sides = jax.tree.map(lambda g: resolve_side(g.shape, _SIDE), grads)
-    low = jax.tree.map(project, grads, projectors, sides)
+    step = project_updates(state.projection, updates, rank, update_every, _SIDE, projector)
+    grads, projectors, sides, low = step.grads, step.projectors, step.sides, step.low
     mu = optax.tree.update_moment(low, state.mu, b1, 1)
     nu = optax.tree.update_moment_per_elem_norm(low, state.nu, b2, 2)
 

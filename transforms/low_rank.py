@@ -185,6 +185,39 @@ def refresh_projectors(
   return treedef.unflatten(new), refresh
 
 
+def subspace_zeros(params: Any, rank: Rank, side: Side) -> Any:
+  """float32 zeros shaped like project(G) for every leaf: the subspace's state shapes."""
+  return jax.tree.map(
+      lambda p: jnp.zeros(projected_shape(matrix_shape(p.shape), rank, side), jnp.float32),
+      params)
+
+
+class Projected(NamedTuple):
+  """One step's projection of a tree of updates (see `project_updates`)."""
+
+  grads: Any  # float32 2-D views of the updates.
+  projectors: Any  # this step's projectors.
+  refreshed: jax.Array  # bool scalar: the projectors were redrawn this step.
+  sides: Any  # per leaf: "left", "right" or "full".
+  low: Any  # project(G) per leaf.
+
+
+def project_updates(
+    state: LowRankProjectorState,
+    updates: Any,
+    rank: Rank,
+    update_every: int,
+    side: Side,
+    kind: Kind,
+) -> Projected:
+  """Views `updates` as float32 matrices, refreshes the projectors, projects."""
+  grads = jax.tree.map(lambda u: as_matrix(u).astype(jnp.float32), updates)
+  projectors, refreshed = refresh_projectors(state, grads, rank, update_every, side, kind)
+  sides = jax.tree.map(lambda g: resolve_side(g.shape, side), grads)
+  low = jax.tree.map(project, grads, projectors, sides)
+  return Projected(grads, projectors, refreshed, sides, low)
+
+
 class ProjectLowRankState(NamedTuple):
   """State of `project_low_rank`: the projectors and `inner`'s (subspace) state."""
 
@@ -241,26 +274,19 @@ def project_low_rank(
   _checks.check_non_negative("complement_scale", complement_scale)
   method = "project_low_rank"
 
-  def subspace_zeros(params):
-    return jax.tree.map(
-        lambda p: jnp.zeros(projected_shape(matrix_shape(p.shape), rank, side), jnp.float32),
-        params)
-
   def init_fn(params):
     projection = init_projectors(params, rank, side, seed, method)
-    return ProjectLowRankState(projection, inner.init(subspace_zeros(params)))
+    return ProjectLowRankState(projection, inner.init(subspace_zeros(params, rank, side)))
 
   def update_fn(updates, state, params=None):
     del params
-    grads = jax.tree.map(lambda u: as_matrix(u).astype(jnp.float32), updates)
-    projectors, refreshed = refresh_projectors(
-        state.projection, grads, rank, update_every, side, kind)
-    sides = jax.tree.map(lambda g: resolve_side(g.shape, side), grads)
-    low = jax.tree.map(project, grads, projectors, sides)
+    step = project_updates(state.projection, updates, rank, update_every, side, kind)
+    grads, projectors, sides, low = step.grads, step.projectors, step.sides, step.low
     inner_state = state.inner
     if reset_on_refresh:
-      fresh = inner.init(subspace_zeros(updates))
-      inner_state = jax.tree.map(lambda f, s: jnp.where(refreshed, f, s), fresh, inner_state)
+      fresh = inner.init(subspace_zeros(updates, rank, side))
+      inner_state = jax.tree.map(
+          lambda f, s: jnp.where(step.refreshed, f, s), fresh, inner_state)
     low_updates, inner_state = inner.update(low, inner_state)
 
     def combine(u, g, x, r, p, s):

@@ -17,24 +17,11 @@ import pytest
 
 import gradkit
 from gradkit.optimizers.cosmos import cosmos
+from oracles import COSMOS_G1 as G1
+from oracles import COSMOS_G2 as G2
+from oracles import COSMOS_STEP1 as STEP1
+from oracles import COSMOS_STEP2 as STEP2
 from trajectories import run_updates, run_updates_and_state
-
-# The sheet's torch-layout (out, in) gradients and parameter changes at lr = 1;
-# a Flax kernel is their transpose.
-G1 = np.array([[1, 2, 0, -1, 3, 1], [0, 1, 1, 2, -1, 0],
-               [2, -1, 1, 0, 1, 1], [1, 0, -2, 1, 0, 2]], float)
-G2 = np.array([[0, 1, 1, 0, 1, -1], [1, 1, 0, 1, 0, 1],
-               [2, 0, -1, 1, 1, 0], [0, -1, 1, 1, 2, 1]], float)
-STEP1 = np.array([
-    [-0.0034706, -0.1112043, -0.0528786, 0.1092279, -0.1680516, 0.0232178],
-    [0.0080997, 0.004735, -0.0017447, -0.1897742, 0.1680516, -0.0232178],
-    [-0.1731648, 0.0479082, 0.0197924, -0.051584, -0.0693785, -0.1548128],
-    [-0.1037283, -0.0215283, 0.1170035, -0.0376967, -0.0693785, -0.1548128]])
-STEP2 = np.array([
-    [0.0304345, -0.1086317, -0.0685865, 0.0720964, -0.1659558, 0.0935067],
-    [-0.1268108, -0.0374373, 0.0320107, -0.134066, 0.0351688, -0.1269288],
-    [-0.2079679, 0.0397689, 0.0655817, -0.1206015, -0.07878, -0.0956156],
-    [-0.0923891, 0.0263032, 0.0191955, -0.0622568, -0.1495526, -0.1113235]])
 
 RNG = np.random.default_rng(21)
 PARAMS = {"w": jnp.asarray(RNG.normal(size=(6, 4)), jnp.float32),

@@ -5,12 +5,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import gradkit
 from gradkit.optimizers.sinkgd import sinkgd
-from trajectories import f32, run_updates
+from trajectories import assert_kernel_rule_and_adamw_elsewhere, f32
 
 # Sheet oracle 1, PyTorch layout (out=2, in=3).
 GRADIENT = [[1.0, 2.0, 3.0], [4.0, 0.0, -1.0]]
@@ -78,36 +77,8 @@ def test_many_iterations_satisfy_both_normalizations_and_norm_is_lr_sqrt_mn():
   np.testing.assert_allclose(u, _numpy_sr_sinkhorn(g, 60), atol=1e-5)
 
 
-def _tree(rng):
-  return {
-      "embed": {"embedding": rng.normal(size=(10, 4))},
-      "block": {"kernel": rng.normal(size=(4, 6)), "bias": rng.normal(size=(6,))},
-      "lm_head": {"kernel": rng.normal(size=(6, 10))},
-      "scale": rng.normal(size=()),
-  }
-
-
 def test_routing_matrices_get_sinkgd_the_rest_adamw():
-  rng = np.random.default_rng(2)
-  params = _tree(rng)
-  grads = [_tree(rng) for _ in range(4)]
-  lr, wd = 1e-2, 0.1
-  got = run_updates(sinkgd(learning_rate=lr, weight_decay=wd), f32(params),
-                    [f32(g) for g in grads])
-
-  def others(t):
-    return {"embed": t["embed"], "lm_head": t["lm_head"], "scale": t["scale"],
-            "bias": t["block"]["bias"]}
-
-  want = run_updates(optax.adamw(lr, weight_decay=wd), f32(others(params)),
-                     [f32(others(g)) for g in grads])
-  for g_tree, w_tree in zip(got, want):
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 others(g_tree), w_tree)
-  p = params["block"]["kernel"]
-  for g, got_tree in zip(grads, got):
-    p = p - lr * (_numpy_sr_sinkhorn(g["block"]["kernel"], 5) + wd * p)
-    np.testing.assert_allclose(got_tree["block"]["kernel"], p, atol=2e-5)
+  assert_kernel_rule_and_adamw_elsewhere(sinkgd, lambda g: _numpy_sr_sinkhorn(g, 5))
 
 
 def test_matrix_leaves_keep_no_state():

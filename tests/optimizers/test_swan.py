@@ -10,7 +10,7 @@ import pytest
 
 import gradkit
 from gradkit.optimizers.swan import swan
-from trajectories import f32, run_updates
+from trajectories import assert_kernel_rule_and_adamw_elsewhere, f32
 
 # Sheet oracle 2: exact whitening (U V^T) of GradNorm([[1, 2, 3, 0], [4, 0, -1, 1]]).
 WHITENED = [[0.0501083, 0.159768, 0.5842423, -0.7941186],
@@ -64,39 +64,9 @@ def test_axis_one_standardises_over_the_outputs():
   np.testing.assert_allclose(-u, _numpy_swan_direction(g.T).T, atol=1e-4)
 
 
-def _tree(rng):
-  return {
-      "embed": {"embedding": rng.normal(size=(10, 4))},
-      "block": {"kernel": rng.normal(size=(4, 6)), "bias": rng.normal(size=(6,))},
-      "lm_head": {"kernel": rng.normal(size=(6, 10))},
-      "scale": rng.normal(size=()),
-  }
-
-
 def test_routing_matrices_get_swan_the_rest_adamw():
-  rng = np.random.default_rng(2)
-  params = _tree(rng)
-  grads = [_tree(rng) for _ in range(4)]
-  lr, wd = 1e-2, 0.1
-  got = run_updates(swan(learning_rate=lr, weight_decay=wd), f32(params),
-                    [f32(g) for g in grads])
-
-  def others(t):
-    return {"embed": t["embed"], "lm_head": t["lm_head"], "scale": t["scale"],
-            "bias": t["block"]["bias"]}
-
-  # AdamW leaves against optax.adamw on those leaves alone.
-  want = run_updates(optax.adamw(lr, weight_decay=wd), f32(others(params)),
-                     [f32(others(g)) for g in grads])
-  for g_tree, w_tree in zip(got, want):
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 others(g_tree), w_tree)
-  # The matrix: p <- p - lr (D + wd p), D the float64 SWAN direction. With
-  # out = 6 > in - 1 = 3 the centred gradient has rank 3: the singular case.
-  p = params["block"]["kernel"]
-  for g, got_tree in zip(grads, got):
-    p = p - lr * (_numpy_swan_direction(g["block"]["kernel"]) + wd * p)
-    np.testing.assert_allclose(got_tree["block"]["kernel"], p, atol=2e-5)
+  # With out = 6 > in - 1 = 3 the centred gradient has rank 3: the singular case.
+  assert_kernel_rule_and_adamw_elsewhere(swan, _numpy_swan_direction)
 
 
 def test_matrix_leaves_keep_no_state():
