@@ -19,3 +19,4 @@ from gradkit.optimizers.scale import scale
 from gradkit.optimizers.sgd_sai import sgd_sai
 from gradkit.optimizers.sinkgd import sinkgd
 from gradkit.optimizers.swan import swan
+from gradkit.optimizers.zeroth_order import MezoStep, matrices_only, mezo, mezo_step, sparse_mezo

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
+# Eight simulated CPU devices for the shard_map tests; XLA reads this once, when
+# jax initialises its backend, so it must be set before any test imports jax.
+os.environ["XLA_FLAGS"] = " ".join(
+    filter(None, [os.environ.get("XLA_FLAGS"), "--xla_force_host_platform_device_count=8"]))
+
 import jax
 import jax.numpy as jnp
 import numpy as np

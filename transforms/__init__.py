@@ -12,6 +12,7 @@ from gradkit.transforms.coordinate_clipping import (
     scale_by_adam_clipped_first_moment,
 )
 from gradkit.transforms.cosmos import ScaleByCosmosState, scale_by_cosmos
+from gradkit.transforms.distributed_spsa import DistributedSpsaInfo, distributed_spsa_step
 from gradkit.transforms.friction import ScaleByFrictionState, scale_by_friction
 from gradkit.transforms.gsnr_scaling import scale_by_gsnr_at_init
 from gradkit.transforms.low_rank import (
@@ -51,6 +52,7 @@ from gradkit.transforms.normalization import (
     rms_normalize,
     sinkhorn_normalize,
 )
+from gradkit.transforms.one_byte import one_byte_decode, one_byte_encode
 from gradkit.transforms.quantization import dequantize_blockwise, dynamic_map, quantize_blockwise
 from gradkit.transforms.quantized_state import (
     QuantizedArray,
@@ -61,3 +63,9 @@ from gradkit.transforms.quantized_state import (
 from gradkit.transforms.radial_projection import ProjectRadialState, project_radial
 from gradkit.transforms.sign_momentum import scale_by_sign_momentum
 from gradkit.transforms.tree_checks import check_updates_match_params
+from gradkit.transforms.zeroth_order import (
+    EstimateSpsaGradientState,
+    estimate_spsa_gradient,
+    small_magnitude_mask,
+    spsa_gradient,
+)
