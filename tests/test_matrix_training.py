@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 import gradkit
 import gradkit.registry
@@ -129,3 +130,35 @@ def test_trains_token_model_about_as_well_as_adamw(name, adamw_excess):
 
 def test_margin_separates_plain_sgd_from_adamw(adamw_excess):
   assert best_excess("sgd", momentum=0.0) > adamw_excess + MARGIN_NATS
+
+
+class _TinyLM(nnx.Module):
+  def __init__(self, rngs: nnx.Rngs):
+    self.embed = nnx.Embed(VOCAB, 8, rngs=rngs)
+    self.hidden = nnx.Linear(8, 12, rngs=rngs)
+    self.lm_head = nnx.Linear(12, VOCAB, rngs=rngs)
+
+  def __call__(self, tokens):
+    return self.lm_head(jax.nn.relu(self.hidden(self.embed(tokens))))
+
+
+@pytest.mark.parametrize("name", sorted(HPARAMS))
+def test_runs_inside_flax_nnx_optimizer(name):
+  # nnx.Optimizer stores the state as nnx variables: every state leaf must be
+  # a plain array (a tuple inside one comes back as a State and retraces).
+  model = _TinyLM(nnx.Rngs(0))
+  tx = gradkit.create(name, learning_rate=1e-2, **HPARAMS[name])
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  tokens = jnp.arange(VOCAB)
+  targets = jnp.argmax(TRANSITION, axis=-1)
+
+  @nnx.jit
+  def step(model, optimizer):
+    def loss_fn(m):
+      return optax.softmax_cross_entropy_with_integer_labels(m(tokens), targets).mean()
+    loss, grads = nnx.value_and_grad(loss_fn)(model)
+    optimizer.update(model, grads)
+    return loss
+
+  losses = [float(step(model, optimizer)) for _ in range(25)]
+  assert losses[-1] < losses[0]

@@ -6,7 +6,9 @@ APOLLO and FRUGAL (and anything else that works in a subspace):
 - the side rule (`side`): "std" puts the projector on the smaller dimension
   of the (m, n) view — m >= n: P in R^{r x n}, R = G P^T in R^{m x r};
   m < n: P in R^{m x r}, R = P^T G in R^{r x n} — "reverse_std" swaps, "left"
-  and "right" force a side, "full" projects both (R = U^T G V, r x r);
+  and "right" force a side, "full" projects both (R = U^T G V, r x r; U and
+  V are stored stacked as one (m + n, r) array, so the state holds plain
+  arrays only, as flax.nnx.Optimizer requires);
 - the projector (`kind`): "svd", the top-r singular vectors of the current
   gradient (GaLore; fp32 SVD); "gaussian", i.i.d. N(0, 1/r) entries
   (APOLLO); "orthogonal", a random semi-orthogonal matrix (FRUGAL's random
@@ -66,10 +68,10 @@ def effective_rank(shape: tuple[int, int], rank: Rank) -> int:
   return max(1, min(int(r), *shape))
 
 
-def projector_shape(shape: tuple[int, int], rank: Rank, side: Side) -> Any:
-  """Shape of the projector (a pair of shapes for "full")."""
+def projector_shape(shape: tuple[int, int], rank: Rank, side: Side) -> tuple[int, int]:
+  """Shape of the projector ((m + n, r), U over V, for "full")."""
   (m, n), r, s = shape, effective_rank(shape, rank), resolve_side(shape, side)
-  return {"right": (r, n), "left": (m, r), "full": ((m, r), (n, r))}[s]
+  return {"right": (r, n), "left": (m, r), "full": (m + n, r)}[s]
 
 
 def projected_shape(shape: tuple[int, int], rank: Rank, side: Side) -> tuple[int, int]:
@@ -78,16 +80,19 @@ def projected_shape(shape: tuple[int, int], rank: Rank, side: Side) -> tuple[int
   return {"right": (m, r), "left": (r, n), "full": (r, r)}[s]
 
 
-def make_projector(g: jax.Array, key: jax.Array, rank: Rank, side: Side, kind: Kind) -> Any:
+def make_projector(
+    g: jax.Array, key: jax.Array, rank: Rank, side: Side, kind: Kind
+) -> jax.Array:
   """A fresh projector for the (m, n) gradient `g` (float32)."""
   g = g.astype(jnp.float32)
   shape, r, s = g.shape, effective_rank(g.shape, rank), resolve_side(g.shape, side)
   if kind == "svd":
     u, _, vt = jnp.linalg.svd(g, full_matrices=False)
-    return {"right": vt[:r], "left": u[:, :r], "full": (u[:, :r], vt[:r].T)}[s]
+    return {"right": vt[:r], "left": u[:, :r], "full": jnp.concatenate([u[:, :r], vt[:r].T])}[s]
   if s == "full":
     k1, k2 = jax.random.split(key)
-    return (_random_frame(k1, shape[0], r, kind), _random_frame(k2, shape[1], r, kind))
+    return jnp.concatenate(
+        [_random_frame(k1, shape[0], r, kind), _random_frame(k2, shape[1], r, kind)])
   if s == "right":
     return _random_frame(key, shape[1], r, kind).T
   return _random_frame(key, shape[0], r, kind)
@@ -102,23 +107,25 @@ def _random_frame(key: jax.Array, d: int, r: int, kind: Kind) -> jax.Array:
   return q * jnp.sign(jnp.diagonal(rr))
 
 
-def project(g: jax.Array, projector: Any, side: str) -> jax.Array:
+def project(g: jax.Array, projector: jax.Array, side: str) -> jax.Array:
   """G P^T ("right"), P^T G ("left") or U^T G V ("full")."""
   if side == "right":
     return g @ projector.T
   if side == "left":
     return projector.T @ g
-  u, v = projector
+  u, v = projector[:g.shape[0]], projector[g.shape[0]:]
   return u.T @ g @ v
 
 
-def project_back(x: jax.Array, projector: Any, side: str) -> jax.Array:
-  """The map back to (m, n): X P ("right"), P X ("left") or U X V^T ("full")."""
+def project_back(
+    x: jax.Array, projector: jax.Array, side: str, shape: tuple[int, int]
+) -> jax.Array:
+  """The map back to the (m, n) `shape`: X P ("right"), P X ("left") or U X V^T ("full")."""
   if side == "right":
     return x @ projector
   if side == "left":
     return projector @ x
-  u, v = projector
+  u, v = projector[:shape[0]], projector[shape[0]:]
   return u @ x @ v.T
 
 
@@ -127,7 +134,7 @@ class LowRankProjectorState(NamedTuple):
 
   count: jax.Array  # int32 scalar: steps taken.
   key: jax.Array  # uint32 raw PRNG key the random projectors derive from.
-  projectors: Any  # per leaf: (r, n), (m, r) or a pair for "full"; float32.
+  projectors: Any  # per leaf: (r, n), (m, r) or (m + n, r) for "full"; float32.
 
 
 def check_projection_options(rank: Rank, update_every: int, side: Side, kind: Kind) -> None:
@@ -150,9 +157,7 @@ def init_projectors(
 
   def zeros(path, p):
     check_matrix(p, jax.tree_util.keystr(path) or "<root>", method)
-    return jax.tree.map(lambda s: jnp.zeros(s, jnp.float32),
-                        projector_shape(matrix_shape(p.shape), rank, side),
-                        is_leaf=lambda s: isinstance(s, tuple) and isinstance(s[0], int))
+    return jnp.zeros(projector_shape(matrix_shape(p.shape), rank, side), jnp.float32)
 
   return LowRankProjectorState(
       count=jnp.zeros([], jnp.int32),
@@ -290,9 +295,9 @@ def project_low_rank(
     low_updates, inner_state = inner.update(low, inner_state)
 
     def combine(u, g, x, r, p, s):
-      out = scale * project_back(x, p, s)
+      out = scale * project_back(x, p, s, g.shape)
       if complement is not None:
-        residual = g - project_back(r, p, s)
+        residual = g - project_back(r, p, s, g.shape)
         rule = jnp.sign(residual) if complement == "sign" else residual
         out = out + complement_scale * rule
       return out.reshape(u.shape).astype(u.dtype)
