@@ -4,26 +4,93 @@ Times one jitted, donated update+apply of `adamw8bit` against `optax.adamw`
 (and gradkit's fp32 `adamw`) with equal hyperparameters on a tree of at
 least 64M float32 parameters, interleaved, and prints the time and
 `gradkit.state_nbytes` ratios (goal: state about 4x smaller at no more than
-1.3x the step time).
+1.3x the step time). `--breakdown` adds two cut-short versions of adamw8bit's
+step (not optimizers) that show where its time goes: dequantize + Adam +
+apply with the old codes kept, then also the new per-block absmax; the full
+adamw8bit adds the nearest-code lookup and the code writes.
 
-  python -m gradkit.experiments.bench_quantized [--params_millions=64 --repeats=7]
+  python -m gradkit.experiments.bench_quantized [--params_millions=64 --repeats=7 --breakdown]
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 
 import jax
+import jax.numpy as jnp
 import optax
 from absl import app, flags
 
 import gradkit
 from gradkit.experiments.bench_step import Stepper, jitted_step, make_params, time_interleaved
+from gradkit.optimizers.eight_bit import BLOCK_SIZE, MIN_SIZE
+from gradkit.transforms.quantization import dequantize_blockwise, dynamic_map
+from gradkit.transforms.quantized_state import (
+    QuantizedArray,
+    QuantizedState,
+    quantized,
+    quantized_view,
+)
 
 HPARAMS = {"learning_rate": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 1e-2}
 
 
-def run(params_millions: float, repeats: int, budget_s: float) -> str:
+def _block_absmax(x: jax.Array) -> jax.Array:
+  """Per-block absmax over the zero-padded row-major flattening (as quantize_blockwise)."""
+  flat = x.reshape(-1)
+  padded = jnp.pad(flat, (0, math.ceil(flat.size / BLOCK_SIZE) * BLOCK_SIZE - flat.size))
+  return jnp.max(jnp.abs(padded.reshape(-1, BLOCK_SIZE)), axis=1)
+
+
+def cut_short_adamw8bit(stage: str) -> optax.GradientTransformation:
+  """adamw8bit's step stopped before requantizing (a timing probe, not an optimizer).
+
+  stage "dequantize": dequantizes mu (signed map) and nu (unsigned map), runs
+  optax.scale_by_adam, returns the old codes and scales unchanged; stage
+  "absmax": also returns the new moments' per-block absmax.
+  """
+  if stage not in ("dequantize", "absmax"):
+    raise ValueError(f"stage must be 'dequantize' or 'absmax', got {stage!r}")
+  state_layout = quantized(optax.scale_by_adam(), BLOCK_SIZE, MIN_SIZE)
+  adam = optax.scale_by_adam(HPARAMS["b1"], HPARAMS["b2"], HPARAMS["eps"])
+  is_quantized = lambda x: isinstance(x, QuantizedArray)  # noqa: E731
+
+  def dequantize(signed: bool):
+    def restore(x):
+      if not is_quantized(x):
+        return x
+      return dequantize_blockwise(
+          x.codes, x.absmax, dynamic_map(signed), x.codes.shape, block_size=BLOCK_SIZE
+      )
+    return lambda tree: jax.tree.map(restore, tree, is_leaf=is_quantized)
+
+  def update_fn(updates, state, params=None):
+    del params
+    view = quantized_view(state)
+    full = view._replace(mu=dequantize(True)(view.mu), nu=dequantize(False)(view.nu))
+    updates, new = adam.update(updates, full)
+    scales = state.absmax
+    if stage == "absmax":
+      quantized_leaves = jax.tree.leaves((view.mu, view.nu), is_leaf=is_quantized)
+      new_leaves = jax.tree.leaves((new.mu, new.nu))
+      scales = tuple(
+          _block_absmax(x) for x, old in zip(new_leaves, quantized_leaves) if is_quantized(old)
+      )
+    return updates, QuantizedState(state.inner._replace(count=new.count), scales)
+
+  return optax.GradientTransformation(state_layout.init, update_fn)
+
+
+def _adamw_tail(direction: optax.GradientTransformation) -> optax.GradientTransformation:
+  return optax.chain(
+      direction,
+      optax.add_decayed_weights(HPARAMS["weight_decay"]),
+      optax.scale_by_learning_rate(HPARAMS["learning_rate"]),
+  )
+
+
+def run(params_millions: float, repeats: int, budget_s: float, breakdown: bool = False) -> str:
   """Benchmarks adamw8bit, gradkit adamw and optax.adamw; returns a Markdown report."""
   params = make_params(params_millions)
   grads = make_params(params_millions, seed=1)
@@ -32,6 +99,9 @@ def run(params_millions: float, repeats: int, budget_s: float) -> str:
       "adamw (gradkit fp32)": gradkit.create("adamw", **HPARAMS),
       "optax.adamw": optax.adamw(**HPARAMS),
   }
+  if breakdown:
+    for stage in ("dequantize", "absmax"):
+      txs[f"adamw8bit cut short: {stage}"] = _adamw_tail(cut_short_adamw8bit(stage))
   steppers, nbytes = {}, {}
   for name, tx in txs.items():
     state = jax.tree.map(jax.numpy.copy, tx.init(params))
@@ -62,11 +132,12 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = flags.FLAGS
-  print(run(config.params_millions, config.repeats, config.budget_s))
+  print(run(config.params_millions, config.repeats, config.budget_s, config.breakdown))
 
 
 if __name__ == "__main__":
   flags.DEFINE_float("params_millions", 64.0, "Million float32 parameters (at least).")
   flags.DEFINE_integer("repeats", 7, "Timed steps per optimizer.", lower_bound=1)
   flags.DEFINE_float("budget_s", 60.0, "Seconds of timed steps in all.")
+  flags.DEFINE_bool("breakdown", False, "Also time adamw8bit cut short before requantizing.")
   app.run(main)
