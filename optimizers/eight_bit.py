@@ -44,6 +44,7 @@ def _eight_bit(
       block_size=BLOCK_SIZE if block_size is None else block_size,
       min_size=MIN_SIZE if min_size is None else min_size,
       keep_fp32=keep_fp32,
+      elementwise=True,
   )
 
 

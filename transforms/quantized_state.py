@@ -73,12 +73,47 @@ def _keep_flags(keep_fp32: KeepFp32, params_with_path: list, treedef: Any) -> li
   return [bool(flag) for flag in treedef.flatten_up_to(keep_fp32)]
 
 
+class _Entry(NamedTuple):
+  """One parameter's leaf of a parameter-shaped state subtree, during `update`."""
+
+  codes: jax.Array  # uint8 codes, or the float leaf itself when absmax is None
+  absmax: jax.Array | None
+  code: np.ndarray  # the dynamic map of this leaf
+
+
+class _Row(NamedTuple):
+  """A parameter-shaped subtree of the inner state (mu, nu, ...), one entry per parameter."""
+
+  entries: list[_Entry]
+
+
+def _param_shaped_test(params: Any) -> Callable[[Any], bool]:
+  """Whether a node has the structure of `params` and its leaves their shapes."""
+  treedef = jax.tree.structure(params)
+  shapes = [jnp.shape(x) for x in jax.tree.leaves(params)]
+
+  def is_param_shaped(node: Any) -> bool:
+    if jax.tree.structure(node) != treedef:
+      return False
+    return [jnp.shape(x) for x in treedef.flatten_up_to(node)] == shapes
+
+  return is_param_shaped
+
+
+def _chunk_blocks(num_blocks: int, block_size: int, chunk_size: int) -> int:
+  """Blocks per chunk: the largest divisor of `num_blocks` within `chunk_size` elements."""
+  limit = min(num_blocks, max(1, chunk_size // block_size))
+  return max(d for d in range(1, limit + 1) if num_blocks % d == 0)
+
+
 def quantized(
     inner: optax.GradientTransformation,
     block_size: int = 256,
     min_size: int = 4096,
     keep_fp32: KeepFp32 = None,
     unsigned_fields: Iterable[str] = ("nu",),
+    elementwise: bool = False,
+    chunk_size: int = 65536,
 ) -> optax.GradientTransformationExtraArgs:
   """Stores `inner`'s parameter-shaped float state in 8 bits, block-wise.
 
@@ -108,14 +143,23 @@ def quantized(
   from dequantized state), cast to each gradient's dtype. So step 1 equals
   the float32 optimizer exactly and quantization error enters from step 2.
 
+  `elementwise=True` declares that `inner` updates each element from that
+  element's gradient, state and parameter alone, plus scalar state such as a
+  step count (Adam, Lion, momentum, AdaBelief; not a method with a norm or a
+  matrix product). On the CPU backend each quantized parameter whose size is
+  a multiple of `block_size` is then updated in chunks of whole blocks (about
+  `chunk_size` elements) inside a `lax.scan`, so its float32 state never
+  exists at full size: XLA:CPU otherwise materializes every dequantized and
+  new moment to take the per-block absmax. Same arithmetic, same results.
+
   Non-finite gradients: there is no element-wise guard like the CUDA kernel's
   (which zeroes the state of non-finite entries); one NaN poisons its block's
   absmax and hence the whole block. Wrap the optimizer in
   `optax.apply_if_finite`, which leaves this state bit-identical on a
   non-finite step.
 
-  `block_size`, `min_size`, `keep_fp32` and `unsigned_fields` are static
-  (under `optax.inject_hyperparams`, list them in `static_args`).
+  All arguments but `inner` are static (under `optax.inject_hyperparams`,
+  list them in `static_args`).
 
   Args:
     inner: any optax transformation (its state is held as described).
@@ -123,6 +167,9 @@ def quantized(
     min_size: parameters with fewer elements keep float32 state (official: 4096).
     keep_fp32: which parameters keep float32 state (see above).
     unsigned_fields: state field names quantized with the unsigned map.
+    elementwise: whether `inner` is element-wise (enables chunked updates on CPU).
+    chunk_size: elements per chunk on the chunked path (rounded down to a
+      whole number of blocks dividing the parameter's blocks).
 
   Returns:
     An `optax.GradientTransformationExtraArgs` with a `QuantizedState`.
@@ -130,12 +177,16 @@ def quantized(
   References:
     Dettmers et al., 8-bit Optimizers via Block-wise Quantization, ICLR 2022.
   """
-  for name, value, low in (("block_size", block_size, 1), ("min_size", min_size, 0)):
+  for name, value, low in (
+      ("block_size", block_size, 1), ("min_size", min_size, 0), ("chunk_size", chunk_size, 1)
+  ):
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
       raise ValueError(
           f"{name} must be a static Python int >= {low}, got {value!r} (under "
           "optax.inject_hyperparams pass it in static_args)"
       )
+  if not isinstance(elementwise, bool):
+    raise ValueError(f"elementwise must be a static Python bool, got {elementwise!r}")
   unsigned_fields = frozenset(unsigned_fields)
   inner = optax.with_extra_args_support(inner)
 
@@ -145,37 +196,24 @@ def quantized(
     )
     return _UNSIGNED_MAP if unsigned else _SIGNED_MAP
 
-  def quantize(path: tuple[Any, ...], x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    return quantize_blockwise(x, code_for(path), block_size)
-
-  def dequantize(path: tuple[Any, ...], codes: jax.Array, absmax: jax.Array) -> jax.Array:
-    return dequantize_blockwise(
-        codes, absmax, code_for(path), codes.shape, jnp.float32, block_size
-    )
-
-  def requantize(old_inner: Any, new_inner: Any) -> tuple[Any, tuple[jax.Array, ...]]:
-    """Quantizes the leaves of `new_inner` that are codes in `old_inner`."""
-    old_leaves, treedef = jax.tree_util.tree_flatten_with_path(old_inner)
+  def quantize_marked(marked: Any, state: Any) -> tuple[Any, tuple[jax.Array, ...]]:
+    """Quantizes the leaves of `state` that are uint8 placeholders in `marked`."""
+    marked_leaves, treedef = jax.tree_util.tree_flatten_with_path(marked)
     leaves, scales = [], []
-    for (path, old), new in zip(old_leaves, treedef.flatten_up_to(new_inner)):
-      if _is_codes(old):
-        codes, absmax = quantize(path, new)
+    for (path, mark), x in zip(marked_leaves, treedef.flatten_up_to(state)):
+      if _is_codes(mark):
+        codes, absmax = quantize_blockwise(x, code_for(path), block_size)
         leaves.append(codes)
         scales.append(absmax)
       else:
-        leaves.append(new)
+        leaves.append(x)
     return treedef.unflatten(leaves), tuple(scales)
 
   def init_fn(params):
     state = inner.init(params)
     params_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
-    shapes = [jnp.shape(p) for _, p in params_with_path]
     keep = _keep_flags(keep_fp32, params_with_path, treedef)
-
-    def is_param_shaped(node: Any) -> bool:
-      if jax.tree.structure(node) != treedef:
-        return False
-      return [jnp.shape(x) for x in treedef.flatten_up_to(node)] == shapes
+    is_param_shaped = _param_shaped_test(params)
 
     def convert(node: Any) -> Any:
       if not is_param_shaped(node):
@@ -186,21 +224,111 @@ def quantized(
             not kept and jnp.size(leaf) >= min_size
             and jnp.issubdtype(jnp.result_type(leaf), jnp.floating)
         )
-        # A uint8 placeholder marks the leaf; `requantize` fills codes and scales.
+        # A uint8 placeholder marks the leaf; `quantize_marked` fills codes and scales.
         leaves.append(jnp.zeros(jnp.shape(leaf), jnp.uint8) if eligible else leaf)
       return treedef.unflatten(leaves)
 
     marked = jax.tree.map(convert, state, is_leaf=is_param_shaped)
-    return QuantizedState(*requantize(marked, state))
+    return QuantizedState(*quantize_marked(marked, state))
+
+  def chunked_update(k: int, rows: list[_Row], node_def: Any, nodes: list[Any], grad: Any,
+                     param: Any, extra_args: dict[str, Any]) -> tuple[Any, list[Any]]:
+    """Runs `inner` on parameter `k` chunk by chunk; returns its update and (codes, absmax)s."""
+    num_blocks = grad.size // block_size
+    chunk_blocks = _chunk_blocks(num_blocks, block_size, chunk_size)
+    num_chunks = num_blocks // chunk_blocks
+    split = lambda x: x.reshape(num_chunks, chunk_blocks, block_size)  # noqa: E731
+    states = [(split(row.entries[k].codes), row.entries[k].absmax.reshape(num_chunks, -1))
+              for row in rows]
+    maps = [row.entries[k].code for row in rows]
+
+    def body(carry, chunk):
+      grad_c, param_c, states_c = chunk
+      restored = iter([
+          dequantize_blockwise(c, a, code, c.shape, jnp.float32, block_size)
+          for (c, a), code in zip(states_c, maps)
+      ])
+      state_c = node_def.unflatten([next(restored) if isinstance(n, _Row) else n for n in nodes])
+      update_c, new_state_c = inner.update(grad_c, state_c, param_c, **extra_args)
+      new_rows = [x for x, n in zip(node_def.flatten_up_to(new_state_c), nodes)
+                  if isinstance(n, _Row)]
+      return carry, (update_c, [quantize_blockwise(x, code, block_size)
+                                for x, code in zip(new_rows, maps)])
+
+    param_chunks = None if param is None else split(param)
+    _, (update, quantized_rows) = jax.lax.scan(body, None, (split(grad), param_chunks, states))
+    return update.reshape(grad.shape), [
+        (codes.reshape(grad.shape), absmax.reshape(-1)) for codes, absmax in quantized_rows
+    ]
 
   def update_fn(updates, state, params=None, **extra_args):
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(state.inner)
+    grads, param_def = jax.tree.flatten(updates)
+    param_leaves = None if params is None else param_def.flatten_up_to(params)
+    is_param_shaped = _param_shaped_test(updates)
+    nodes, node_def = jax.tree.flatten(state.inner, is_leaf=is_param_shaped)
+    paths = iter(path for path, _ in jax.tree_util.tree_flatten_with_path(state.inner)[0])
     scales = iter(state.absmax)
-    full = treedef.unflatten([
-        dequantize(path, x, next(scales)) if _is_codes(x) else x for path, x in leaves
+    for j, node in enumerate(nodes):
+      if is_param_shaped(node):
+        nodes[j] = _Row([
+            _Entry(x, next(scales) if _is_codes(x) else None, code_for(next(paths)))
+            for x in param_def.flatten_up_to(node)
+        ])
+      else:
+        next(paths)
+    rows = [n for n in nodes if isinstance(n, _Row)]
+    chunked = set()
+    if elementwise and rows and jax.default_backend() == "cpu":
+      for k, grad in enumerate(grads):
+        num_blocks, rem = divmod(grad.size, block_size)
+        if rem == 0 and all(row.entries[k].absmax is not None for row in rows) and (
+            num_blocks // _chunk_blocks(num_blocks, block_size, chunk_size) >= 2):
+          chunked.add(k)
+
+    def without_chunked(leaves: list[Any], dtype: Any = None) -> Any:
+      return param_def.unflatten([
+          jnp.zeros((0,), dtype or x.dtype) if k in chunked else x for k, x in enumerate(leaves)
+      ])
+
+    def restore(entry: _Entry) -> Any:
+      if entry.absmax is None:
+        return entry.codes
+      return dequantize_blockwise(
+          entry.codes, entry.absmax, entry.code, entry.codes.shape, jnp.float32, block_size)
+
+    rest_state = node_def.unflatten([
+        without_chunked([restore(e) for e in n.entries], jnp.float32) if isinstance(n, _Row) else n
+        for n in nodes
     ])
-    new_updates, new_inner = inner.update(updates, full, params, **extra_args)
-    new_updates = jax.tree.map(lambda u, g: u.astype(jnp.result_type(g)), new_updates, updates)
-    return new_updates, QuantizedState(*requantize(state.inner, new_inner))
+    rest_updates, rest_inner = inner.update(
+        without_chunked(grads), rest_state,
+        None if params is None else without_chunked(param_leaves), **extra_args)
+    done = {
+        k: chunked_update(k, rows, node_def, nodes, grads[k],
+                          None if params is None else param_leaves[k], extra_args)
+        for k in sorted(chunked)
+    }
+
+    new_updates = [done[k][0] if k in chunked else u
+                   for k, u in enumerate(param_def.flatten_up_to(rest_updates))]
+    new_nodes, new_scales, row_index = [], [], 0
+    for node, new in zip(nodes, node_def.flatten_up_to(rest_inner)):
+      if not isinstance(node, _Row):
+        new_nodes.append(new)
+        continue
+      leaves = []
+      for k, (entry, x) in enumerate(zip(node.entries, param_def.flatten_up_to(new))):
+        if entry.absmax is None:
+          leaves.append(x)
+          continue
+        codes, absmax = (done[k][1][row_index] if k in chunked
+                         else quantize_blockwise(x, entry.code, block_size))
+        leaves.append(codes)
+        new_scales.append(absmax)
+      new_nodes.append(param_def.unflatten(leaves))
+      row_index += 1
+    new_updates = jax.tree.map(
+        lambda u, g: u.astype(jnp.result_type(g)), param_def.unflatten(new_updates), updates)
+    return new_updates, QuantizedState(node_def.unflatten(new_nodes), tuple(new_scales))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
