@@ -28,38 +28,19 @@ def _quantized_state(state):
   return found
 
 
-def test_cut_short_updates_equal_adamw8bit_first_step(problem):
+def test_probe_updates_equal_adamw8bit_first_step_and_keep_the_state(problem):
   params, grads = problem
   full_updates, _ = _step(gradkit.create("adamw8bit", **bench_quantized.HPARAMS), params, grads)
-  for stage in ("dequantize", "absmax"):
-    tx = bench_quantized._adamw_tail(bench_quantized.cut_short_adamw8bit(stage))
-    updates, _ = _step(tx, params, grads)
-    jax.tree.map(np.testing.assert_array_equal, updates, full_updates)
-
-
-def test_absmax_stage_scales_equal_requantized_scales(problem):
-  params, grads = problem
-  _, full_state = _step(gradkit.create("adamw8bit", **bench_quantized.HPARAMS), params, grads)
-  probe = bench_quantized._adamw_tail(bench_quantized.cut_short_adamw8bit("absmax"))
-  _, probe_state = _step(probe, params, grads)
-  want = _quantized_state(full_state).absmax
-  got = _quantized_state(probe_state).absmax
-  assert len(got) == len(want) == 2  # mu and nu of the one 6144-element kernel
-  for g, w in zip(got, want):
-    np.testing.assert_allclose(g, w, rtol=1e-6)
-  # The dequantize stage keeps the initial (all-zero) scales.
-  _, kept = _step(bench_quantized._adamw_tail(bench_quantized.cut_short_adamw8bit("dequantize")),
-                  params, grads)
-  for s in _quantized_state(kept).absmax:
+  probe = bench_quantized._adamw_tail(bench_quantized.dequantize_only_adamw8bit())
+  updates, state = _step(probe, params, grads)
+  jax.tree.map(np.testing.assert_array_equal, updates, full_updates)
+  kept = _quantized_state(state)
+  assert len(kept.absmax) == 2  # mu and nu of the one 6144-element kernel
+  for s in kept.absmax:  # the initial (all-zero) scales
     np.testing.assert_array_equal(s, 0.0)
-  assert int(quantized_view(_quantized_state(kept)).count) == 1
-
-
-def test_unknown_stage_is_rejected():
-  with pytest.raises(ValueError, match="stage"):
-    bench_quantized.cut_short_adamw8bit("lookup")
+  assert int(quantized_view(kept).count) == 1
 
 
 def test_run_reports_breakdown_rows():
   report = bench_quantized.run(0.05, repeats=3, budget_s=1.0, breakdown=True)
-  assert "cut short: dequantize" in report and "cut short: absmax" in report
+  assert "whole-tree path" in report and "dequantize + step only" in report

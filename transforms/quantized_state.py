@@ -231,9 +231,15 @@ def quantized(
     marked = jax.tree.map(convert, state, is_leaf=is_param_shaped)
     return QuantizedState(*quantize_marked(marked, state))
 
-  def chunked_update(k: int, rows: list[_Row], node_def: Any, nodes: list[Any], grad: Any,
-                     param: Any, extra_args: dict[str, Any]) -> tuple[Any, list[Any]]:
-    """Runs `inner` on parameter `k` chunk by chunk; returns its update and (codes, absmax)s."""
+  def restore(entry: _Entry) -> Any:
+    if entry.absmax is None:
+      return entry.codes
+    return dequantize_blockwise(
+        entry.codes, entry.absmax, entry.code, entry.codes.shape, jnp.float32, block_size)
+
+  def chunked_requantize(k: int, rows: list[_Row], node_def: Any, nodes: list[Any], grad: Any,
+                         param: Any, extra_args: dict[str, Any]) -> list[tuple[Any, Any]]:
+    """Parameter `k`'s new (codes, absmax) per state row, from `inner` run chunk by chunk."""
     num_blocks = grad.size // block_size
     chunk_blocks = _chunk_blocks(num_blocks, block_size, chunk_size)
     num_chunks = num_blocks // chunk_blocks
@@ -244,22 +250,16 @@ def quantized(
 
     def body(carry, chunk):
       grad_c, param_c, states_c = chunk
-      restored = iter([
-          dequantize_blockwise(c, a, code, c.shape, jnp.float32, block_size)
-          for (c, a), code in zip(states_c, maps)
-      ])
+      restored = iter([restore(_Entry(*c, code)) for c, code in zip(states_c, maps)])
       state_c = node_def.unflatten([next(restored) if isinstance(n, _Row) else n for n in nodes])
-      update_c, new_state_c = inner.update(grad_c, state_c, param_c, **extra_args)
+      _, new_state_c = inner.update(grad_c, state_c, param_c, **extra_args)
       new_rows = [x for x, n in zip(node_def.flatten_up_to(new_state_c), nodes)
                   if isinstance(n, _Row)]
-      return carry, (update_c, [quantize_blockwise(x, code, block_size)
-                                for x, code in zip(new_rows, maps)])
+      return carry, [quantize_blockwise(x, code, block_size) for x, code in zip(new_rows, maps)]
 
-    param_chunks = None if param is None else split(param)
-    _, (update, quantized_rows) = jax.lax.scan(body, None, (split(grad), param_chunks, states))
-    return update.reshape(grad.shape), [
-        (codes.reshape(grad.shape), absmax.reshape(-1)) for codes, absmax in quantized_rows
-    ]
+    chunks = (split(grad), None if param is None else split(param), states)
+    return [(codes.reshape(grad.shape), absmax.reshape(-1))
+            for codes, absmax in jax.lax.scan(body, None, chunks)[1]]
 
   def update_fn(updates, state, params=None, **extra_args):
     grads, param_def = jax.tree.flatten(updates)
@@ -277,42 +277,25 @@ def quantized(
       else:
         next(paths)
     rows = [n for n in nodes if isinstance(n, _Row)]
-    chunked = set()
+    # The updates come from one pass over the whole tree (its float32 state is
+    # fused away); on the chunked path the new state comes from the scan.
+    full_state = node_def.unflatten([
+        param_def.unflatten([restore(e) for e in n.entries]) if isinstance(n, _Row) else n
+        for n in nodes
+    ])
+    new_updates, new_inner = inner.update(updates, full_state, params, **extra_args)
+    requantized = {}
     if elementwise and rows and jax.default_backend() == "cpu":
       for k, grad in enumerate(grads):
         num_blocks, rem = divmod(grad.size, block_size)
         if rem == 0 and all(row.entries[k].absmax is not None for row in rows) and (
             num_blocks // _chunk_blocks(num_blocks, block_size, chunk_size) >= 2):
-          chunked.add(k)
+          requantized[k] = chunked_requantize(
+              k, rows, node_def, nodes, grad, None if params is None else param_leaves[k],
+              extra_args)
 
-    def without_chunked(leaves: list[Any], dtype: Any = None) -> Any:
-      return param_def.unflatten([
-          jnp.zeros((0,), dtype or x.dtype) if k in chunked else x for k, x in enumerate(leaves)
-      ])
-
-    def restore(entry: _Entry) -> Any:
-      if entry.absmax is None:
-        return entry.codes
-      return dequantize_blockwise(
-          entry.codes, entry.absmax, entry.code, entry.codes.shape, jnp.float32, block_size)
-
-    rest_state = node_def.unflatten([
-        without_chunked([restore(e) for e in n.entries], jnp.float32) if isinstance(n, _Row) else n
-        for n in nodes
-    ])
-    rest_updates, rest_inner = inner.update(
-        without_chunked(grads), rest_state,
-        None if params is None else without_chunked(param_leaves), **extra_args)
-    done = {
-        k: chunked_update(k, rows, node_def, nodes, grads[k],
-                          None if params is None else param_leaves[k], extra_args)
-        for k in sorted(chunked)
-    }
-
-    new_updates = [done[k][0] if k in chunked else u
-                   for k, u in enumerate(param_def.flatten_up_to(rest_updates))]
     new_nodes, new_scales, row_index = [], [], 0
-    for node, new in zip(nodes, node_def.flatten_up_to(rest_inner)):
+    for node, new in zip(nodes, node_def.flatten_up_to(new_inner)):
       if not isinstance(node, _Row):
         new_nodes.append(new)
         continue
@@ -321,14 +304,13 @@ def quantized(
         if entry.absmax is None:
           leaves.append(x)
           continue
-        codes, absmax = (done[k][1][row_index] if k in chunked
+        codes, absmax = (requantized[k][row_index] if k in requantized
                          else quantize_blockwise(x, entry.code, block_size))
         leaves.append(codes)
         new_scales.append(absmax)
       new_nodes.append(param_def.unflatten(leaves))
       row_index += 1
-    new_updates = jax.tree.map(
-        lambda u, g: u.astype(jnp.result_type(g)), param_def.unflatten(new_updates), updates)
+    new_updates = jax.tree.map(lambda u, g: u.astype(jnp.result_type(g)), new_updates, updates)
     return new_updates, QuantizedState(node_def.unflatten(new_nodes), tuple(new_scales))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

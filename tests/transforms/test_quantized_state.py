@@ -9,13 +9,16 @@ import numpy as np
 import optax
 import pytest
 
+from gradkit.transforms.moments import scale_by_adabelief
 from gradkit.transforms.quantization import dynamic_map
 from gradkit.transforms.quantized_state import (
     QuantizedArray,
     QuantizedState,
+    _chunk_blocks,
     quantized,
     quantized_view,
 )
+from gradkit.transforms.sign_momentum import scale_by_sign_momentum
 from trajectories import run_updates_and_state
 
 G1 = np.array([0.5, -0.25, 0.1, 0, 3, -2, 0.01, 1], np.float32)
@@ -201,8 +204,79 @@ def test_jitted_update_does_not_retrace():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"block_size": 0}, {"block_size": 2.0}, {"min_size": -1}, {"block_size": jnp.array(4)}],
+    [{"block_size": 0}, {"block_size": 2.0}, {"min_size": -1}, {"block_size": jnp.array(4)},
+     {"chunk_size": 0}, {"elementwise": 1}],
 )
 def test_invalid_configuration_is_rejected(kwargs):
   with pytest.raises(ValueError):
     quantized(optax.scale_by_adam(), **kwargs)
+
+
+def _chunk_problem():
+  rng = np.random.default_rng(7)
+  params = {
+      "chunked": rng.normal(size=(48, 64)).astype(np.float32),  # 48 blocks of 64
+      "ragged": rng.normal(size=(1000,)).astype(np.float32),  # not a multiple of 64
+      "small": rng.normal(size=(10,)).astype(np.float32),  # float32 state
+  }
+  grads = [jax.tree.map(lambda p, t=t: (t + 1) * rng.normal(size=p.shape).astype(p.dtype), params)
+           for t in range(4)]
+  return params, grads
+
+
+# The directions the 8-bit optimizers declare element-wise; add_decayed_weights
+# reads the parameters, so the chunks must carry them too.
+ELEMENTWISE_DIRECTIONS = {
+    "adam+decay": lambda: optax.chain(optax.scale_by_adam(), optax.add_decayed_weights(0.1)),
+    "lion": lambda: scale_by_sign_momentum(0.9, 0.99),
+    "momentum": lambda: optax.trace(0.9),
+    "adabelief": lambda: scale_by_adabelief(0.9, 0.999, 1e-16, True),
+}
+
+
+@pytest.mark.parametrize("direction", sorted(ELEMENTWISE_DIRECTIONS))
+@pytest.mark.parametrize("chunk_size", [64 * 8, 64 * 7])  # 6 chunks of 8 blocks; 8 of 6
+def test_elementwise_chunked_update_matches_the_whole_tree_path(direction, chunk_size):
+  params, grads = _chunk_problem()
+  inner = ELEMENTWISE_DIRECTIONS[direction]()
+  runs = {}
+  for elementwise in (False, True):
+    tx = quantized(inner, block_size=64, min_size=100, elementwise=elementwise,
+                   chunk_size=chunk_size)
+    state, update = tx.init(params), jax.jit(tx.update)
+    runs[elementwise] = []
+    for g in grads:
+      u, state = update(g, state, params)
+      runs[elementwise].append((u, state))
+  for (u_whole, s_whole), (u_chunk, s_chunk) in zip(runs[False], runs[True]):
+    # Same formula on both paths; XLA may fuse (and contract into FMAs) differently.
+    for a, b in zip(jax.tree.leaves(u_chunk), jax.tree.leaves(u_whole)):
+      np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6 * np.max(np.abs(b)))
+    chex.assert_trees_all_equal_structs(s_chunk, s_whole)
+    for a, b in zip(jax.tree.leaves(s_chunk), jax.tree.leaves(s_whole)):
+      if a.dtype == np.uint8:  # a value within an ulp of a midpoint may round either way
+        assert np.mean(np.asarray(a) != np.asarray(b)) <= 1e-3
+      else:
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_elementwise_path_scans_only_whole_block_leaves_on_cpu():
+  params, grads = _chunk_problem()
+
+  def scans(elementwise):
+    tx = quantized(optax.scale_by_adam(), block_size=64, min_size=100,
+                   elementwise=elementwise, chunk_size=512)
+    jaxpr = jax.make_jaxpr(tx.update)(grads[0], tx.init(params), params)
+    return [e for e in jaxpr.eqns if e.primitive.name == "scan"]
+
+  assert not scans(False)
+  (scan,) = scans(True)  # "ragged" is not whole blocks, "small" keeps float32 state
+  assert scan.params["length"] == 48 // 8
+
+
+@pytest.mark.parametrize("num_blocks,block_size,chunk_size", [
+    (16384, 256, 65536), (48, 64, 448), (10, 4, 12), (7, 4, 100), (13, 8, 8), (5, 8, 1)])
+def test_chunk_blocks_is_the_largest_divisor_that_fits(num_blocks, block_size, chunk_size):
+  limit = max(1, chunk_size // block_size)
+  want = max(d for d in range(1, num_blocks + 1) if num_blocks % d == 0 and d <= limit)
+  assert _chunk_blocks(num_blocks, block_size, chunk_size) == want
