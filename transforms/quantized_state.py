@@ -146,11 +146,13 @@ def quantized(
   `elementwise=True` declares that `inner` updates each element from that
   element's gradient, state and parameter alone, plus scalar state such as a
   step count (Adam, Lion, momentum, AdaBelief; not a method with a norm or a
-  matrix product). On the CPU backend each quantized parameter whose size is
-  a multiple of `block_size` is then updated in chunks of whole blocks (about
-  `chunk_size` elements) inside a `lax.scan`, so its float32 state never
-  exists at full size: XLA:CPU otherwise materializes every dequantized and
-  new moment to take the per-block absmax. Same arithmetic, same results.
+  matrix product). On the CPU backend the new state of each quantized
+  parameter whose size is a multiple of `block_size` is then recomputed and
+  requantized in chunks of whole blocks (about `chunk_size` elements) inside
+  a `lax.scan`, while the updates come from the usual whole-tree pass (whose
+  float32 state XLA then fuses away): XLA:CPU otherwise materializes every
+  dequantized and new moment to take the per-block absmax. Same formula;
+  the two paths agree to float32 rounding.
 
   Non-finite gradients: there is no element-wise guard like the CUDA kernel's
   (which zeroes the state of non-finite entries); one NaN poisons its block's
@@ -167,7 +169,7 @@ def quantized(
     min_size: parameters with fewer elements keep float32 state (official: 4096).
     keep_fp32: which parameters keep float32 state (see above).
     unsigned_fields: state field names quantized with the unsigned map.
-    elementwise: whether `inner` is element-wise (enables chunked updates on CPU).
+    elementwise: whether `inner` is element-wise (enables chunked requantizing on CPU).
     chunk_size: elements per chunk on the chunked path (rounded down to a
       whole number of blocks dividing the parameter's blocks).
 
