@@ -95,7 +95,8 @@ def saf_loss(
     epoch: the current epoch (0-based; may be traced).
     weight: lambda (`--reinforce`).
     temperature: tau.
-    start_epoch, end_epoch: the term is on strictly between them.
+    start_epoch: the term is on strictly after this epoch.
+    end_epoch: the term is on strictly before this epoch.
   """
   _checks.check_non_negative("weight", weight)
   memory = buffer.logits.shape[1] - 1

@@ -40,7 +40,8 @@ def adamp(
 
   Args:
     learning_rate: step size, float or optax schedule.
-    b1, b2: Adam's moment decay rates.
+    b1: Adam's first-moment decay rate.
+    b2: Adam's second-moment decay rate.
     eps: Adam's eps, also guarding the norms of the projection test.
     weight_decay: decoupled decay coefficient, float or schedule.
     delta: threshold of the cosine test, delta / sqrt(row length).

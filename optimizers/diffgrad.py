@@ -38,7 +38,8 @@ def diffgrad(
 
   Args:
     learning_rate: step size, float or optax schedule.
-    b1, b2: Adam's moment decay rates.
+    b1: Adam's first-moment decay rate.
+    b2: Adam's second-moment decay rate.
     eps: added to sqrt(v) before bias correction.
     weight_decay: coupled L2 coefficient (float or schedule).
     mask: tree or callable selecting the leaves that get weight decay.

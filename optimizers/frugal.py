@@ -94,7 +94,9 @@ def frugal(
     inactive_lr_scale: c, the residual's step relative to the subspace's.
     proj_params_lr_scale: a, scales both parts of a projected matrix's step.
     reset_statistics: zero the subspace Adam state at each refresh (static).
-    b1, b2, eps: Adam's (eps added after bias correction, PyTorch placement).
+    b1: Adam's first-moment decay rate.
+    b2: Adam's second-moment decay rate.
+    eps: Adam's eps, added after bias correction (PyTorch placement).
     weight_decay: decoupled decay on every leaf unless `mask` says otherwise.
     mask: which leaves decay (tree or callable).
     param_labels: label tree or callable (None means `matrix_labels`).

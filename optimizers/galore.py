@@ -77,7 +77,9 @@ def galore(
     update_proj_gap: T, steps between SVD refreshes (static int; None means 200).
     scale: alpha, multiplies the projected-back Adam step (not the decay).
     proj_type: "std", "reverse_std", "left", "right" or "full" (U^T G V).
-    b1, b2, eps: Adam's, eps added before bias correction (HF placement).
+    b1: Adam's first-moment decay rate.
+    b2: Adam's second-moment decay rate.
+    eps: Adam's eps, added before bias correction (HF placement).
     weight_decay: decoupled decay (float or schedule).
     mask: which leaves decay (tree or callable), as in optax.adamw.
     param_labels: label tree or callable (None means `matrix_labels`).
@@ -133,7 +135,9 @@ def natural_galore(
     scale: alpha, multiplies the projected-back step.
     natural_history: s, cores kept for the Fisher (static int; None means 20).
     damping: lambda of the Fisher (official: 1e-3, hard-coded).
-    b1, b2, eps: Adam's, eps added before bias correction (HF placement).
+    b1: Adam's first-moment decay rate.
+    b2: Adam's second-moment decay rate.
+    eps: Adam's eps, added before bias correction (HF placement).
     weight_decay: decoupled decay (float or schedule).
     mask: which leaves decay (tree or callable).
     param_labels: label tree or callable (None means `matrix_labels`).

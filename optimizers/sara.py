@@ -54,7 +54,9 @@ def sara(
       (None: never).
     max_fraction: at most this fraction of each leaf is trainable (static;
       None means 0.05): the (k,) state size.
-    b1, b2, eps: AdamW's.
+    b1: AdamW's first-moment decay rate.
+    b2: AdamW's second-moment decay rate.
+    eps: AdamW's eps.
     weight_decay: decoupled, on the trainable entries only.
     mask: weight-decay mask; a callable sees the tree of (k,) vectors.
     min_dim: 2-D leaves with both sides > min_dim get the penalty (static;

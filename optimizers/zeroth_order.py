@@ -156,7 +156,12 @@ def mezo_step(
 
   Args:
     obj_fn: (params, *batch) -> scalar loss (dropout off).
-    learning_rate, eps, distribution, seed, weight_decay, mask: as `mezo`.
+    learning_rate: as in `mezo`.
+    eps: as in `mezo`.
+    distribution: as in `mezo`.
+    seed: as in `mezo`.
+    weight_decay: as in `mezo`.
+    mask: as in `mezo`.
 
   Returns:
     `MezoStep(init, step, programs)`: `init(params)` gives the state;

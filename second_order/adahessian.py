@@ -58,7 +58,8 @@ def scale_by_adahessian(
   `tree.update_moment(_per_elem_norm)` and `tree.bias_correction`.
 
   Args:
-    b1, b2: EMA rates of g and D².
+    b1: EMA rate of g.
+    b2: EMA rate of D².
     eps: added to the denominator after the power (official placement).
     hessian_power: k in [0, 1]; 0 gives bias-corrected momentum SGD.
     spatial_average_block: 2-D rule of `spatial_average` (static; None means

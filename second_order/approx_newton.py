@@ -196,8 +196,12 @@ def approx_newton(
 
   Args:
     learning_rate: float or optax schedule (paper: 1).
-    hessian, gamma_init, gamma_min, max_tries, cg_max_iters, cg_tol: see
-      `scale_by_approx_newton`.
+    hessian: as in `scale_by_approx_newton`.
+    gamma_init: as in `scale_by_approx_newton`.
+    gamma_min: as in `scale_by_approx_newton`.
+    max_tries: as in `scale_by_approx_newton`.
+    cg_max_iters: as in `scale_by_approx_newton`.
+    cg_tol: as in `scale_by_approx_newton`.
     weight_decay: decoupled decay (float or schedule); not in the paper.
     mask: decay mask tree or callable.
   """
