@@ -1,6 +1,8 @@
 """Curvature-vector products of a loss, without forming any matrix.
 
-Every second-order method in gradkit reaches curvature only through these:
+Every second-order method in gradkit reaches curvature only through these.
+The module imports only jax and sits below every layer (transforms,
+second_order, implicit), so each can use it without importing another:
 
 - `hessian_vector_product`: H v for H the Hessian of a scalar function of a
   parameter tree, by forward-over-reverse differentiation (Pearlmutter, "Fast

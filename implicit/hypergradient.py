@@ -2,7 +2,7 @@
 
 ∇F(x) = ∇ₓf − ∇²ₓᵧg · v with ∇²ᵧᵧg · v = ∇ᵧf, all at (x, y*(x)) (implicit
 function theorem; e.g. Ghadimi & Wang 2018, Lorraine et al. 2020). The inner
-Hessian enters only through `gradkit.second_order.products.hessian_vector_product`
+Hessian enters only through `gradkit.curvature_products.hessian_vector_product`
 and the cross term through one VJP, so nothing is ever materialised.
 Evaluated at an approximate y it is the usual approximate-implicit
 ("AID") estimate; `HypergradientInfo` reports how well y and v were solved.
@@ -18,7 +18,7 @@ import optax
 
 from gradkit.implicit._validation import check_objective
 from gradkit.implicit.linear_solve import LinearSolver, linear_solver
-from gradkit.second_order.products import hessian_vector_product
+from gradkit.curvature_products import hessian_vector_product
 
 Tree = Any
 

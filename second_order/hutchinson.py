@@ -4,7 +4,7 @@
 expectation is diag(H) (Bekas, Kokiopoulou & Saad, "An estimator for the
 diagonal of a matrix", 2007); with Rademacher z the variance of coordinate i
 is Σ_{j≠i} H_ij² per probe, so a diagonal H is recovered exactly by one probe.
-H z comes from `gradkit.second_order.products.hessian_vector_product`.
+H z comes from `gradkit.curvature_products.hessian_vector_product`.
 
 `estimate_hutchinson_diagonal` wraps it as a transformation whose state carries
 the PRNG key; with one probe and the same key it draws the same probes as
@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gradkit.second_order.products import hessian_vector_product
+from gradkit.curvature_products import hessian_vector_product
 
 Params = Any
 

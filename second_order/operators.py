@@ -2,7 +2,7 @@
 
 Each builder closes over one fixed objective and point and returns a
 function of a tree shaped like the params; the products come from
-`gradkit.second_order.products`. Users: the approximate-Hessian Newton
+`gradkit.curvature_products`. Users: the approximate-Hessian Newton
 method (`approx_newton`) and the Lanczos spectrum (`lanczos`).
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from gradkit.second_order.products import gauss_newton_vector_product, hessian_vector_product
+from gradkit.curvature_products import gauss_newton_vector_product, hessian_vector_product
 
 Params = Any
 Operator = Callable[[Params], Params]

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradkit.second_order.products import gauss_newton_vector_product, hessian_vector_product
+from gradkit.curvature_products import gauss_newton_vector_product, hessian_vector_product
 
 
 def test_hessian_vector_product_equals_dense_hessian_times_vector():

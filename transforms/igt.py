@@ -34,7 +34,7 @@ import optax
 from optax._src import numerics
 
 from gradkit import _checks
-from gradkit.second_order.products import hessian_vector_product
+from gradkit.curvature_products import hessian_vector_product
 
 
 def _normalized(tree: Any) -> Any:
@@ -119,7 +119,7 @@ def scale_by_harpg(
   the current params th_t and `obj_fn(params) -> scalar` the loss on the
   current batch. With q_t ~ U[0, 1] drawn from fold_in(key(seed), t),
   th^_t = q_t th_t + (1 - q_t) th_{t-1} and the exact Hessian-vector product
-  of `obj_fn` (`gradkit.second_order.products.hessian_vector_product`; the
+  of `obj_fn` (`gradkit.curvature_products.hessian_vector_product`; the
   paper's policy-Hessian estimator B(tau, th) is its unbiased estimate):
 
     d_0 = g_0,  d_t = (1 - eta)(d_{t-1} + H(th^_t)(th_t - th_{t-1})) + eta g_t,
