@@ -39,7 +39,12 @@ TESTS = ("norm", "inner_product", "augmented_inner_product")
 def scale_learning_rate(
     base_learning_rate: float, base_batch_size: int, batch_size: int, rule: str = "linear"
 ) -> float:
-  """eta(B) = eta(B0) (B/B0) for rule "linear" (SGD), eta(B0) sqrt(B/B0) for "sqrt" (Adam)."""
+  """eta(B) = eta(B0) (B/B0) for rule "linear" (SGD), eta(B0) sqrt(B/B0) for "sqrt" (Adam).
+
+  References:
+    Granziol et al., "Learning Rates as a Function of Batch Size: A Random Matrix Theory Approach to
+    Neural Network Training", JMLR 2022. https://arxiv.org/abs/2006.09092
+  """
   _checks.check_non_negative("base_learning_rate", base_learning_rate)
   _checks.check_positive("base_batch_size", base_batch_size)
   _checks.check_positive("batch_size", batch_size)
@@ -59,6 +64,10 @@ def step_law(n_params: float, n_tokens: float) -> tuple[float, float]:
   the sequence length for sequences per step. Fitted on dense and MoE decoder
   LMs trained with AdamW and a fixed final learning rate of 1e-5: a default
   for experiment configs, not a law for other settings.
+
+  References:
+    Li et al., "Predictable Scale: Part I -- Optimal Hyperparameter Scaling Law in Large Language
+    Model Pretraining", 2025. https://arxiv.org/abs/2503.04715
   """
   _checks.check_positive("n_params", n_params)
   _checks.check_positive("n_tokens", n_tokens)
@@ -88,6 +97,10 @@ def norm_test(per_example_grads: Any, eta: jax.typing.ArrayLike) -> jax.Array:
   """T = sum_j Var_i(g_ij) / (eta^2 ||g_bar||^2), unbiased 1/(b-1) variance.
 
   The batch passes the norm test when T <= b (AdAdaGrad's b_{k+1} = ceil(T)).
+
+  References:
+    Lau, Liu & Kolar, "AdAdaGrad: Adaptive Batch Size Schemes for Adaptive Gradient Methods", 2024.
+    https://arxiv.org/abs/2402.11215 ; official code: https://github.com/timlautk/AdAdaGrad
   """
   leaves, means, b = _batch_stats(per_example_grads)
   variance = sum(jnp.sum((g - m) ** 2) for g, m in zip(leaves, means)) / (b - 1)
@@ -100,7 +113,12 @@ def _inner_products(leaves, means):
 
 
 def inner_product_test(per_example_grads: Any, theta: jax.typing.ArrayLike) -> jax.Array:
-  """T = Var_i(<g_i, g_bar>) / (theta^2 ||g_bar||^4), unbiased 1/(b-1) variance."""
+  """T = Var_i(<g_i, g_bar>) / (theta^2 ||g_bar||^4), unbiased 1/(b-1) variance.
+
+  References:
+    Lau, Liu & Kolar, "AdAdaGrad: Adaptive Batch Size Schemes for Adaptive Gradient Methods", 2024.
+    https://arxiv.org/abs/2402.11215 ; official code: https://github.com/timlautk/AdAdaGrad
+  """
   leaves, means, b = _batch_stats(per_example_grads)
   dots, mean_sq = _inner_products(leaves, means)
   variance = jnp.sum((dots - dots.mean()) ** 2) / (b - 1)
@@ -108,7 +126,12 @@ def inner_product_test(per_example_grads: Any, theta: jax.typing.ArrayLike) -> j
 
 
 def orthogonality_test(per_example_grads: Any, nu: jax.typing.ArrayLike) -> jax.Array:
-  """T = sum_j Var_i([g_i - (<g_i,g_bar>/||g_bar||^2) g_bar]_j) / (nu^2 ||g_bar||^2)."""
+  """T = sum_j Var_i([g_i - (<g_i,g_bar>/||g_bar||^2) g_bar]_j) / (nu^2 ||g_bar||^2).
+
+  References:
+    Lau, Liu & Kolar, "AdAdaGrad: Adaptive Batch Size Schemes for Adaptive Gradient Methods", 2024.
+    https://arxiv.org/abs/2402.11215 ; official code: https://github.com/timlautk/AdAdaGrad
+  """
   leaves, means, b = _batch_stats(per_example_grads)
   dots, mean_sq = _inner_products(leaves, means)
   coef = _ratio(dots, mean_sq)
@@ -122,7 +145,12 @@ def orthogonality_test(per_example_grads: Any, nu: jax.typing.ArrayLike) -> jax.
 def augmented_inner_product_test(
     per_example_grads: Any, theta: jax.typing.ArrayLike, nu: jax.typing.ArrayLike
 ) -> jax.Array:
-  """max(inner-product test with theta, orthogonality test with nu)."""
+  """max(inner-product test with theta, orthogonality test with nu).
+
+  References:
+    Lau, Liu & Kolar, "AdAdaGrad: Adaptive Batch Size Schemes for Adaptive Gradient Methods", 2024.
+    https://arxiv.org/abs/2402.11215 ; official code: https://github.com/timlautk/AdAdaGrad
+  """
   return jnp.maximum(inner_product_test(per_example_grads, theta),
                      orthogonality_test(per_example_grads, nu))
 
@@ -134,7 +162,12 @@ def adaptive_batch_statistic(
     theta: jax.typing.ArrayLike = 0.1,
     nu: jax.typing.ArrayLike = 0.1,
 ) -> jax.Array:
-  """The statistic of `test` ("norm", "inner_product" or "augmented_inner_product")."""
+  """The statistic of `test` ("norm", "inner_product" or "augmented_inner_product").
+
+  References:
+    Lau, Liu & Kolar, "AdAdaGrad: Adaptive Batch Size Schemes for Adaptive Gradient Methods", 2024.
+    https://arxiv.org/abs/2402.11215 ; official code: https://github.com/timlautk/AdAdaGrad
+  """
   if test == "norm":
     return norm_test(per_example_grads, eta)
   if test == "inner_product":
@@ -158,6 +191,10 @@ def next_batch_size(
   Pure and jit-able with `test` static; the batch never shrinks. Defaults are
   the official code's (eta = theta = nu = 0.1); a vanishing mean gradient
   sends the batch to `max_batch_size`.
+
+  References:
+    Lau, Liu & Kolar, "AdAdaGrad: Adaptive Batch Size Schemes for Adaptive Gradient Methods", 2024.
+    https://arxiv.org/abs/2402.11215 ; official code: https://github.com/timlautk/AdAdaGrad
   """
   statistic = adaptive_batch_statistic(per_example_grads, test, eta, theta, nu)
   cap = jnp.asarray(max_batch_size, jnp.float32)
@@ -177,6 +214,10 @@ class AdaptiveBatchSizeController:
   official code's: norm test, eta = theta = nu = 0.1, interval 1, initial
   batch 64, maximum 50,000. The caller maps the global batch onto
   micro-batches / accumulation steps (bucketing sizes limits recompiles).
+
+  References:
+    Lau, Liu & Kolar, "AdAdaGrad: Adaptive Batch Size Schemes for Adaptive Gradient Methods", 2024.
+    https://arxiv.org/abs/2402.11215 ; official code: https://github.com/timlautk/AdAdaGrad
 
   Example:
     >>> controller = AdaptiveBatchSizeController(initial_batch_size=4, max_batch_size=100)

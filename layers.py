@@ -32,6 +32,11 @@ class StableEmbedding(nnx.Module):
   The table lives at `embed/embedding`, so `gradkit`'s 8-bit wrapper keeps
   32-bit optimizer state for it, as bitsandbytes does for this layer.
 
+  References:
+    Dettmers et al., "8-bit Optimizers via Block-wise Quantization", ICLR 2022.
+    https://arxiv.org/abs/2110.02861 ; official code:
+    https://github.com/bitsandbytes-foundation/bitsandbytes
+
   Example:
     >>> layer = StableEmbedding(100, 16, rngs=nnx.Rngs(0))
     >>> layer(jnp.array([[1, 2, 3]])).shape

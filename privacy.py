@@ -102,6 +102,10 @@ def rdp_sampled_gaussian(
 
   q = 1 gives the Gaussian mechanism's alpha / (2 sigma^2) per step; q = 0
   gives 0; sigma = 0 or alpha = inf gives inf.
+
+  References:
+    Mironov, Talwar & Zhang, "Renyi Differential Privacy of the Sampled Gaussian Mechanism", 2019.
+    https://arxiv.org/abs/1908.10530
   """
   if not (np.isfinite(noise_multiplier) and noise_multiplier >= 0):
     raise ValueError(f"noise_multiplier must be a finite number >= 0, got {noise_multiplier!r}")
@@ -117,7 +121,12 @@ def rdp_sampled_gaussian(
 def epsilon_from_rdp(
     orders: Sequence[float], rdp: Sequence[float], delta: float, conversion: str = "improved"
 ) -> tuple[float, float]:
-  """(epsilon, optimal order) of an RDP curve at `delta`; epsilon is clamped at 0."""
+  """(epsilon, optimal order) of an RDP curve at `delta`; epsilon is clamped at 0.
+
+  References:
+    Balle et al., "Hypothesis Testing Interpretations and Renyi Differential Privacy", AISTATS 2020.
+    https://arxiv.org/abs/1905.09982
+  """
   if conversion not in CONVERSIONS:
     raise ValueError(f"conversion must be one of {CONVERSIONS}, got {conversion!r}")
   if not 0.0 < delta < 1.0:
@@ -149,6 +158,13 @@ def epsilon(
 
   For DP-SGD, sigma is the noise std over the clipping norm (optax.contrib.dpsgd's
   `noise_multiplier`) and q = batch size / dataset size.
+
+  References:
+    Mironov, Talwar & Zhang, "Renyi Differential Privacy of the Sampled Gaussian Mechanism", 2019.
+    https://arxiv.org/abs/1908.10530
+
+    Balle et al., "Hypothesis Testing Interpretations and Renyi Differential Privacy", AISTATS 2020.
+    https://arxiv.org/abs/1905.09982
 
   Example:
     >>> round(epsilon(1.5, 0.04, 2250, 1e-5), 4)

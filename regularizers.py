@@ -48,7 +48,12 @@ class TrajectoryBuffer(NamedTuple):
 def init_trajectory_buffer(
     num_examples: int, num_classes: int, memory_epochs: int = 2, dtype: jnp.dtype = jnp.float32
 ) -> TrajectoryBuffer:
-  """Zeros for N examples, C classes and E = memory_epochs (E >= 1)."""
+  """Zeros for N examples, C classes and E = memory_epochs (E >= 1).
+
+  References:
+    Du et al., "Sharpness-Aware Training for Free", NeurIPS 2022. https://arxiv.org/abs/2205.14083 ;
+    official code: https://github.com/AngusDujw/SAF
+  """
   for name, value in (("num_examples", num_examples), ("num_classes", num_classes),
                       ("memory_epochs", memory_epochs)):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -62,6 +67,10 @@ def trajectory_kl_loss(
   """tau^2 KL(softmax(past / tau) || softmax(logits / tau)), averaged over the batch.
 
   `past_logits` is the target: no gradient flows into it.
+
+  References:
+    Du et al., "Sharpness-Aware Training for Free", NeurIPS 2022. https://arxiv.org/abs/2205.14083 ;
+    official code: https://github.com/AngusDujw/SAF
   """
   _checks.check_positive("temperature", temperature)
   past = jax.lax.stop_gradient(past_logits).astype(jnp.float32)
@@ -93,10 +102,14 @@ def saf_loss(
     logits: (B, C) current outputs on the batch.
     indices: (B,) dataset indices of the batch's examples.
     epoch: the current epoch (0-based; may be traced).
-    weight: lambda (`--reinforce`).
-    temperature: tau.
-    start_epoch: the term is on strictly after this epoch.
-    end_epoch: the term is on strictly before this epoch.
+    weight: lambda (`--reinforce`). Default 0.3.
+    temperature: tau. Default 5.0.
+    start_epoch: the term is on strictly after this epoch. Default 5.
+    end_epoch: the term is on strictly before this epoch. Default 300.
+
+  References:
+    Du et al., "Sharpness-Aware Training for Free", NeurIPS 2022. https://arxiv.org/abs/2205.14083 ;
+    official code: https://github.com/AngusDujw/SAF
   """
   _checks.check_non_negative("weight", weight)
   memory = buffer.logits.shape[1] - 1

@@ -43,6 +43,11 @@ def linear_decay_schedule(
   step of a `total_steps` run (t = total_steps - 1) gets `end_value`, the
   paper's eta_t proportional to 1 - t/T; later steps stay at `end_value`.
 
+  References:
+    Defazio, Cutkosky, Mehta & Mishchenko, "When, Why and How Much? Adaptive Learning Rate
+    Scheduling by Refinement", 2023. https://arxiv.org/abs/2310.07831 ; official code:
+    https://github.com/facebookresearch/adaptive_scheduling
+
   Example:
     >>> sched = linear_decay_schedule(1.0, total_steps=5)
     >>> [float(sched(t)) for t in range(5)]
@@ -68,6 +73,11 @@ def smooth_gradient_norms(grad_norms: Sequence[float], fraction: float = 0.1) ->
   As in the official code: only the end of the sequence is padded (by
   reflection, 2W values, dropped after filtering); the start uses
   `median_filter`'s "nearest" mode. W = 1 leaves the norms unchanged.
+
+  References:
+    Defazio, Cutkosky, Mehta & Mishchenko, "When, Why and How Much? Adaptive Learning Rate
+    Scheduling by Refinement", 2023. https://arxiv.org/abs/2310.07831 ; official code:
+    https://github.com/facebookresearch/adaptive_scheduling
   """
   g = np.asarray(grad_norms, np.float64)
   width = 2 * (int(fraction * g.size) // 2) + 1
@@ -89,6 +99,11 @@ def refined_schedule_values(
   plotting; only the max-normalised shape is scale-free). G is median-smoothed
   first (`smooth_gradient_norms` with `fraction=smoothing`; 0 disables it).
   Constant norms give linear decay 1 - t/(T-1).
+
+  References:
+    Defazio, Cutkosky, Mehta & Mishchenko, "When, Why and How Much? Adaptive Learning Rate
+    Scheduling by Refinement", 2023. https://arxiv.org/abs/2310.07831 ; official code:
+    https://github.com/facebookresearch/adaptive_scheduling
   """
   if norm not in _NORM_POWERS:
     raise ValueError(f"norm must be one of {sorted(_NORM_POWERS)}, got {norm!r}")
@@ -118,6 +133,11 @@ def refined_schedule(
   official visual.py does) before the schedule is computed. Steps past the
   end get the last value, 0. Warmup is not added: the refinement produces it
   when the early gradient norms are large.
+
+  References:
+    Defazio, Cutkosky, Mehta & Mishchenko, "When, Why and How Much? Adaptive Learning Rate
+    Scheduling by Refinement", 2023. https://arxiv.org/abs/2310.07831 ; official code:
+    https://github.com/facebookresearch/adaptive_scheduling
 
   Example:
     >>> sched = refined_schedule([4.0, 2.0, 1.0, 1.0, 1.0], peak_value=1.0)

@@ -71,16 +71,21 @@ def bo_rep(
   Args:
     outer_fn: f(x, y, *args), scalar.
     inner_fn: g(x, y, *args), scalar, strongly convex in y.
-    learning_rate: η, float or schedule of the outer step.
-    momentum: β of the upper-level momentum.
-    inner_learning_rate: γ of the lower-level gradient steps.
-    linear_system_lr: ν of the warm-started linear-system step ("linear").
-    period: I, lower-level refresh every I outer steps.
-    inner_steps: N lower-level steps per refresh.
-    refine_steps: T₀ lower-level steps at x₀ in `init`.
-    hypergradient_method: "linear" (persistent z) or "neumann".
-    neumann_steps: Q of the Neumann series.
-    neumann_scale: η_N of the Neumann series.
+    learning_rate: η, float or schedule of the outer step. Default 5e-2.
+    momentum: β of the upper-level momentum. Default 0.9.
+    inner_learning_rate: γ of the lower-level gradient steps. Default 5e-2.
+    linear_system_lr: ν of the warm-started linear-system step ("linear"). Default 1e-2.
+    period: I, lower-level refresh every I outer steps. Default 2.
+    inner_steps: N lower-level steps per refresh. Default 10.
+    refine_steps: T₀ lower-level steps at x₀ in `init`. Default 0.
+    hypergradient_method: "linear" (persistent z) or "neumann". Default "linear".
+    neumann_steps: Q of the Neumann series. Default 10.
+    neumann_scale: η_N of the Neumann series. Default 1e-2.
+
+  References:
+    Hao, Gong & Liu, "Bilevel Optimization under Unbounded Smoothness: A New Algorithm and
+    Convergence Analysis", ICLR 2024. https://arxiv.org/abs/2401.09587 ; official code:
+    https://github.com/MingruiLiu-ML-Lab/Bilevel-Optimization-under-Unbounded-Smoothness
   """
   _checks.check_non_negative("learning_rate", learning_rate)
   _checks.check_unit_interval("momentum", momentum)

@@ -78,10 +78,14 @@ def implicit_hypergradient(
     y: inner solution (exact hypergradient only at y = y*(x)).
     *args: data passed to both objectives (not differentiated).
     solve: linear solver for ∇²ᵧᵧg v = ∇ᵧf: a name ("cg", "neumann", ...) or
-      `solve(matvec, b)`, e.g. `linear_solver("neumann", neumann_steps=50)`.
+      `solve(matvec, b)`, e.g. `linear_solver("neumann", neumann_steps=50)`. Default "cg".
 
   Returns:
     (hypergradient shaped like x, HypergradientInfo).
+
+  References:
+    Blondel et al., "Efficient and Modular Implicit Differentiation", NeurIPS 2022.
+    https://arxiv.org/abs/2105.15183 ; official code: https://github.com/google/jaxopt
 
   Example:
     >>> import jax.numpy as jnp

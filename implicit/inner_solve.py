@@ -60,14 +60,18 @@ def inner_solver(
       arguments: they are what gets differentiated).
     optimizer: any optax/gradkit transformation. Extra-args transformations
       receive `obj_fn` (w ↦ inner_fn(w, *theta)).
-    maxiter: step cap (the exact step count when `stop_at_tol` is False).
+    maxiter: step cap (the exact step count when `stop_at_tol` is False). Default 500.
     tol: gradient-norm tolerance deciding `InnerInfo.converged` (and stopping
-      when `stop_at_tol`).
-    stop_at_tol: stop once ‖∇_w inner_fn‖ <= tol; otherwise run `maxiter` steps.
-    differentiation: "implicit" or "unrolled".
+      when `stop_at_tol`). Default 1e-4.
+    stop_at_tol: stop once ‖∇_w inner_fn‖ <= tol; otherwise run `maxiter` steps. Default True.
+    differentiation: "implicit" or "unrolled". Default "implicit".
     solve: linear solver for "implicit" (name or `solve(matvec, b)`); "cg"
       suits a strictly convex inner objective, "neumann" gives the truncated
-      series.
+      series. Default "cg".
+
+  References:
+    Blondel et al., "Efficient and Modular Implicit Differentiation", NeurIPS 2022.
+    https://arxiv.org/abs/2105.15183 ; official code: https://github.com/google/jaxopt
 
   Example:
     >>> import jax, jax.numpy as jnp, optax

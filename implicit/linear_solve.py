@@ -42,8 +42,8 @@ def solve_neumann(
   Args:
     matvec: v ↦ A v.
     b: right-hand side tree.
-    steps: K, the highest power kept (K = 0 gives η b).
-    scale: η; choose η < 2 / λ_max(A) for convergence.
+    steps: K, the highest power kept (K = 0 gives η b). Default 20.
+    scale: η; choose η < 2 / λ_max(A) for convergence. Default 0.1.
   """
 
   def body(_, carry):
@@ -67,13 +67,13 @@ def linear_solver(
   """A `solve(matvec, b)` function for `method` in ("cg", "normal_cg", "gmres", "neumann").
 
   Args:
-    method: which solver (see the module docstring).
-    tol: relative residual tolerance of the Krylov solvers.
+    method: which solver (see the module docstring). Default "cg".
+    tol: relative residual tolerance of the Krylov solvers. Default 1e-6.
     maxiter: iteration cap of the Krylov solvers (None: the size of b, CG's
       exact-arithmetic bound; GMRES: its own default).
-    ridge: adds ridge·v to every matvec (regularises singular inner Hessians).
-    neumann_steps: K for "neumann".
-    neumann_scale: η for "neumann".
+    ridge: adds ridge·v to every matvec (regularises singular inner Hessians). Default None.
+    neumann_steps: K for "neumann". Default 20.
+    neumann_scale: η for "neumann". Default 0.1.
 
   Example:
     >>> solve = linear_solver("gmres", tol=1e-8)

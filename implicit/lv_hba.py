@@ -76,19 +76,24 @@ def lv_hba(
     upper_fn: F(x, y, *args), scalar.
     lower_fn: f(x, y, *args), scalar.
     constraint_fn: g(x, y, *args) -> vector of constraints (None: unconstrained
-      lower level, no multipliers).
-    equality: constraints are g = 0 (multipliers free in sign).
-    learning_rate: α of the (x, y) step.
-    center_lr: β of the multiplier-centre step.
-    inner_learning_rate: η of the (θ, λ) descent–ascent step.
-    gamma1: γ₁, proximal weight of θ around y.
-    gamma2: γ₂, proximal weight of λ around z.
-    penalty_base: c̲ of c_k = c̲ (k + 1)^p.
-    penalty_power: p ∈ (0, 1/2).
-    multiplier_bound: u of the multiplier box.
-    initial_multiplier: λ₀.
-    initial_center: z₀.
+      lower level, no multipliers). Default None.
+    equality: constraints are g = 0 (multipliers free in sign). Default False.
+    learning_rate: α of the (x, y) step. Default 0.008.
+    center_lr: β of the multiplier-centre step. Default 0.02.
+    inner_learning_rate: η of the (θ, λ) descent–ascent step. Default 0.01.
+    gamma1: γ₁, proximal weight of θ around y. Default 10.0.
+    gamma2: γ₂, proximal weight of λ around z. Default 10.0.
+    penalty_base: c̲ of c_k = c̲ (k + 1)^p. Default 0.025.
+    penalty_power: p ∈ (0, 1/2). Default 0.3.
+    multiplier_bound: u of the multiplier box. Default 1000.0.
+    initial_multiplier: λ₀. Default 1.0.
+    initial_center: z₀. Default -1.0.
     project_xy: joint projection (x, y) ↦ Proj_C(x, y) (default: none).
+
+  References:
+    Yao, Yu, Zeng & Zhang, "Constrained Bi-Level Optimization: Proximal Lagrangian Value Function
+    Approach and Hessian-free Algorithm", ICLR 2024. https://arxiv.org/abs/2401.16164 ; official
+    code: https://github.com/SUSTech-Optimization/LV-HBA
   """
   for name, value in (("learning_rate", learning_rate), ("center_lr", center_lr),
                       ("inner_learning_rate", inner_learning_rate), ("gamma1", gamma1),

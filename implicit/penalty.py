@@ -60,12 +60,16 @@ def penalty_method(
   Args:
     outer_fn: f(x, y, *args), scalar.
     inner_fn: g(x, y, *args), scalar.
-    learning_rate: outer step, float or schedule of the outer step.
-    inner_learning_rate: step of the y and z loops.
-    sigma: penalty weight σ > 0 on f (float or schedule; F2SA's λ = 1/σ).
-    inner_steps: T steps of each inner loop per outer step.
+    learning_rate: outer step, float or schedule of the outer step. Default 1e-2.
+    inner_learning_rate: step of the y and z loops. Default 1e-2.
+    sigma: penalty weight σ > 0 on f (float or schedule; F2SA's λ = 1/σ). Default 1e-2.
+    inner_steps: T steps of each inner loop per outer step. Default 10.
     project_x: projection onto the outer feasible set (default: none).
     project_y: projection onto the inner feasible set (default: none).
+
+  References:
+    Kwon, Kwon, Wright & Nowak, "On Penalty Methods for Nonconvex Bilevel Optimization and
+    First-Order Stochastic Approximation", ICLR 2024. https://arxiv.org/abs/2309.01753
   """
   _checks.check_non_negative("learning_rate", learning_rate)
   _checks.check_positive("inner_learning_rate", inner_learning_rate)

@@ -37,8 +37,12 @@ def implicit_root(
     optimality_fn: F(x, *theta), zero at the solution; same extra arguments as
       the solver.
     solve: a linear-solver name (see `linear_solver`) or `solve(matvec, b)`;
-      "normal_cg" works for any nonsingular ∂₁F, "cg" when F is a gradient.
-    has_aux: the solver returns (solution, aux); aux is not differentiated.
+      "normal_cg" works for any nonsingular ∂₁F, "cg" when F is a gradient. Default "normal_cg".
+    has_aux: the solver returns (solution, aux); aux is not differentiated. Default False.
+
+  References:
+    Blondel et al., "Efficient and Modular Implicit Differentiation", NeurIPS 2022.
+    https://arxiv.org/abs/2105.15183 ; official code: https://github.com/google/jaxopt
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -60,5 +64,9 @@ def implicit_fixed_point(
   """As `implicit_root` with F(x, θ) = T(x, θ) − x for a fixed-point map T = `fixed_point_fn`.
 
   ∂₁F = ∂₁T − I is not symmetric in general: use "normal_cg" or "gmres".
+
+  References:
+    Blondel et al., "Efficient and Modular Implicit Differentiation", NeurIPS 2022.
+    https://arxiv.org/abs/2105.15183 ; official code: https://github.com/google/jaxopt
   """
   return _backend.custom_fixed_point(fixed_point_fn, has_aux=has_aux, solve=_resolve(solve))

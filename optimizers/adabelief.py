@@ -35,10 +35,22 @@ def adabelief(
   decoupled (`weight_decouple=True`, official default). eps=1e-16 enters twice, inside
   s (kept in the state) and in the denominator, as in the official code.
 
+  Args:
+    learning_rate: Step size, a scalar or an optax schedule. Default 1e-3.
+    b1: Decay rate of the first moment m. Default 0.9.
+    b2: Decay rate of the belief s. Default 0.999.
+    eps: Added inside s and to the denominator. Default 1e-16.
+    weight_decay: Decoupled weight-decay rate, a scalar or a schedule.
+      Default 0.0.
+    mask: Tree of booleans, or a callable params -> tree, choosing the leaves
+      that are decayed. Default None (every leaf).
+    rectify: Apply RAdam's rectification (keyword only). Default True.
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs`.
+
   References:
-    Zhuang et al., AdaBelief Optimizer: Adapting Stepsizes by the Belief in
-    Observed Gradients, NeurIPS 2020. https://arxiv.org/abs/2010.07468
-    (official code: juntang-zhuang/Adabelief-Optimizer).
+    Zhuang et al., "AdaBelief Optimizer: Adapting Stepsizes by the Belief in Observed Gradients", NeurIPS 2020. https://arxiv.org/abs/2010.07468 ; official code: https://github.com/juntang-zhuang/Adabelief-Optimizer
   """
   _checks.check_unit_interval("b1", b1)
   _checks.check_unit_interval("b2", b2)

@@ -39,19 +39,20 @@ def adamp(
   in `static_args` if you pass it.
 
   Args:
-    learning_rate: step size, float or optax schedule.
-    b1: Adam's first-moment decay rate.
-    b2: Adam's second-moment decay rate.
-    eps: Adam's eps, also guarding the norms of the projection test.
-    weight_decay: decoupled decay coefficient, float or schedule.
-    delta: threshold of the cosine test, delta / sqrt(row length).
-    wd_ratio: factor on weight decay where the projection fired.
-    nesterov: use the look-ahead moment (b1 m + (1 - b1) g).
-    mask: tree or callable selecting the leaves that get weight decay.
+    learning_rate: step size, float or optax schedule. Default 1e-3.
+    b1: Adam's first-moment decay rate. Default 0.9.
+    b2: Adam's second-moment decay rate. Default 0.999.
+    eps: Adam's eps, also guarding the norms of the projection test. Default 1e-8.
+    weight_decay: decoupled decay coefficient, float or schedule. Default 0.0.
+    delta: threshold of the cosine test, delta / sqrt(row length). Default 0.1.
+    wd_ratio: factor on weight decay where the projection fired. Default 0.1.
+    nesterov: use the look-ahead moment (b1 m + (1 - b1) g). Default False.
+    mask: tree or callable selecting the leaves that get weight decay. Default None (every leaf).
 
   References:
-    Heo et al., AdamP: Slowing Down the Slowdown for Momentum Optimizers on
-    Scale-invariant Weights, ICLR 2021 (arXiv:2006.08217).
+    Heo et al., "AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant
+    Weights", ICLR 2021. https://arxiv.org/abs/2006.08217 ; official code:
+    https://github.com/clovaai/AdamP
 
   Example:
     >>> import gradkit
@@ -101,19 +102,20 @@ def sgdp(
   0.1 is the README's. `nesterov` is static (see `adamp`).
 
   Args:
-    learning_rate: step size, float or optax schedule.
-    momentum: momentum coefficient in [0, 1).
-    dampening: dampening of the gradient added to the buffer, in [0, 1].
-    weight_decay: decoupled decay coefficient, float or schedule.
-    nesterov: use g + momentum buf as the direction.
-    eps: guards the norms of the projection test.
-    delta: threshold of the cosine test, delta / sqrt(row length).
-    wd_ratio: factor on weight decay where the projection fired.
-    mask: tree or callable selecting the leaves that get weight decay.
+    learning_rate: step size, float or optax schedule. Default 0.1.
+    momentum: momentum coefficient in [0, 1). Default 0.0.
+    dampening: dampening of the gradient added to the buffer, in [0, 1]. Default 0.0.
+    weight_decay: decoupled decay coefficient, float or schedule. Default 0.0.
+    nesterov: use g + momentum buf as the direction. Default False.
+    eps: guards the norms of the projection test. Default 1e-8.
+    delta: threshold of the cosine test, delta / sqrt(row length). Default 0.1.
+    wd_ratio: factor on weight decay where the projection fired. Default 0.1.
+    mask: tree or callable selecting the leaves that get weight decay. Default None (every leaf).
 
   References:
-    Heo et al., AdamP: Slowing Down the Slowdown for Momentum Optimizers on
-    Scale-invariant Weights, ICLR 2021 (arXiv:2006.08217).
+    Heo et al., "AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant
+    Weights", ICLR 2021. https://arxiv.org/abs/2006.08217 ; official code:
+    https://github.com/clovaai/AdamP
 
   Example:
     >>> import gradkit

@@ -87,26 +87,27 @@ def apollo(
   no weight decay, norm-growth limiter on.
 
   Args:
-    learning_rate: step size (float or schedule), shared by both groups.
+    learning_rate: step size (float or schedule), shared by both groups. Default 1e-2.
     rank: projection rank r (static; None means 256), or a function of each
-      matrix's (m, n) view, e.g. `lambda s: min(s) // 4`.
-    scale: heuristic constant; updates are multiplied by sqrt(scale).
-    update_proj_gap: projector refresh period T (static; None means 200).
-    b1: first-moment decay rate (both groups).
-    b2: second-moment decay rate (both groups).
-    eps: Adam's eps, added to the uncorrected sqrt(v) (both groups).
-    weight_decay: decoupled weight decay (float or schedule).
-    mask: which leaves are decayed (tree or callable), as in optax.adamw.
-    seed: seed of the random projectors.
-    projector: "gaussian" (paper) or "svd" (GaLore's projector).
-    granularity: "channel" (APOLLO) or "tensor".
-    limit_growth: the norm-growth limiter's gamma, or None to disable it.
-    scale_front: apply sqrt(scale) before the limiter (official flag).
+      matrix's (m, n) view, e.g. `lambda s: min(s) // 4`. Default None.
+    scale: heuristic constant; updates are multiplied by sqrt(scale). Default 1.0.
+    update_proj_gap: projector refresh period T (static; None means 200). Default None.
+    b1: first-moment decay rate (both groups). Default 0.9.
+    b2: second-moment decay rate (both groups). Default 0.999.
+    eps: Adam's eps, added to the uncorrected sqrt(v) (both groups). Default 1e-6.
+    weight_decay: decoupled weight decay (float or schedule). Default 0.0.
+    mask: which leaves are decayed (tree or callable), as in optax.adamw. Default None (every leaf).
+    seed: seed of the random projectors. Default 0.
+    projector: "gaussian" (paper) or "svd" (GaLore's projector). Default "gaussian".
+    granularity: "channel" (APOLLO) or "tensor". Default "channel".
+    limit_growth: the norm-growth limiter's gamma, or None to disable it. Default 1.01.
+    scale_front: apply sqrt(scale) before the limiter (official flag). Default False.
     param_labels: label tree or callable (None means `matrix_labels`);
-      "matrix" leaves get APOLLO, the others AdamW.
+      "matrix" leaves get APOLLO, the others AdamW. Default None (`matrix_labels`).
 
   References:
-    H. Zhu et al., APOLLO: SGD-like Memory, AdamW-level Performance, MLSys 2025.
+    Zhu et al., "APOLLO: SGD-like Memory, AdamW-level Performance", MLSys 2025.
+    https://arxiv.org/abs/2412.05270 ; official code: https://github.com/zhuhanqing/APOLLO
   """
   return _apollo_recipe(
       learning_rate, rank, update_proj_gap, weight_decay, mask, param_labels,
@@ -139,21 +140,23 @@ def apollo_mini(
   1e-8 guard. Other leaves get AdamW at the same lr, as in `apollo`.
 
   Args:
-    learning_rate: step size (float or schedule), shared by both groups.
-    scale: heuristic constant; updates are multiplied by sqrt(scale).
-    update_proj_gap: projector refresh period T (static; None means 200).
-    b1: first-moment decay rate (both groups).
-    b2: second-moment decay rate (both groups).
-    eps: Adam's eps, added to the uncorrected sqrt(v) (both groups).
-    weight_decay: decoupled weight decay (float or schedule).
-    mask: which leaves are decayed (tree or callable).
-    seed: seed of the random projectors.
-    limit_growth: the norm-growth limiter's gamma, or None to disable it.
-    scale_front: apply sqrt(scale) before the limiter (official flag).
+    learning_rate: step size (float or schedule), shared by both groups. Default 1e-2.
+    scale: heuristic constant; updates are multiplied by sqrt(scale). Default 128.0.
+    update_proj_gap: projector refresh period T (static; None means 200). Default None.
+    b1: first-moment decay rate (both groups). Default 0.9.
+    b2: second-moment decay rate (both groups). Default 0.999.
+    eps: Adam's eps, added to the uncorrected sqrt(v) (both groups). Default 1e-6.
+    weight_decay: decoupled weight decay (float or schedule). Default 0.0.
+    mask: which leaves are decayed (tree or callable). Default None (every leaf).
+    seed: seed of the random projectors. Default 0.
+    limit_growth: the norm-growth limiter's gamma, or None to disable it. Default 1.01.
+    scale_front: apply sqrt(scale) before the limiter (official flag). Default False.
     param_labels: label tree or callable (None means `matrix_labels`).
+      Default None (`matrix_labels`).
 
   References:
-    H. Zhu et al., APOLLO: SGD-like Memory, AdamW-level Performance, MLSys 2025.
+    Zhu et al., "APOLLO: SGD-like Memory, AdamW-level Performance", MLSys 2025.
+    https://arxiv.org/abs/2412.05270 ; official code: https://github.com/zhuhanqing/APOLLO
   """
   return _apollo_recipe(
       learning_rate, 1, update_proj_gap, weight_decay, mask, param_labels,

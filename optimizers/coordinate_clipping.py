@@ -39,12 +39,16 @@ def sgd_clip(
   a traced one costs a full sort (see `clip_coordinates_top_fraction`).
 
   Args:
-    learning_rate: step size (float or schedule).
-    momentum: heavy-ball coefficient in [0, 1).
-    fraction: share of coordinates clipped, over all leaves together.
-    threshold_scale: multiplies the clipping threshold.
-    weight_decay: L2 coefficient added to the clipped gradient (schedulable).
-    mask: which leaves get weight decay (tree or callable), as in optax.
+    learning_rate: step size (float or schedule). Default 5e-3.
+    momentum: heavy-ball coefficient in [0, 1). Default 0.0.
+    fraction: share of coordinates clipped, over all leaves together. Default 0.1.
+    threshold_scale: multiplies the clipping threshold. Default 1.0.
+    weight_decay: L2 coefficient added to the clipped gradient (schedulable). Default 0.0.
+    mask: which leaves get weight decay (tree or callable), as in optax. Default None (every leaf).
+
+  References:
+    Pan & Li, "Toward Understanding Why Adam Converges Faster Than SGD for Transformers", 2023.
+    https://arxiv.org/abs/2306.00204 ; official code: https://github.com/panyan7/adam-vs-sgd
 
   Example:
     >>> import gradkit, jax.numpy as jnp
@@ -87,14 +91,18 @@ def adam_clip(
   as for `sgd_clip`.
 
   Args:
-    learning_rate: step size (float or schedule).
-    b1: first-moment decay.
-    b2: second-moment decay.
-    eps: added to sqrt(v_hat), as in `optax.scale_by_adam`.
-    fraction: share of coordinates clipped, over all leaves together.
-    threshold_scale: multiplies the clipping threshold.
-    weight_decay: decoupled decay coefficient (float or schedule).
-    mask: which leaves get weight decay (tree or callable), as in optax.
+    learning_rate: step size (float or schedule). Default 1e-3.
+    b1: first-moment decay. Default 0.9.
+    b2: second-moment decay. Default 0.999.
+    eps: added to sqrt(v_hat), as in `optax.scale_by_adam`. Default 1e-8.
+    fraction: share of coordinates clipped, over all leaves together. Default 0.5.
+    threshold_scale: multiplies the clipping threshold. Default 1.0.
+    weight_decay: decoupled decay coefficient (float or schedule). Default 0.0.
+    mask: which leaves get weight decay (tree or callable), as in optax. Default None (every leaf).
+
+  References:
+    Pan & Li, "Toward Understanding Why Adam Converges Faster Than SGD for Transformers", 2023.
+    https://arxiv.org/abs/2306.00204 ; official code: https://github.com/panyan7/adam-vs-sgd
 
   Example:
     >>> import gradkit, jax.numpy as jnp

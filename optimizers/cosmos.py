@@ -54,25 +54,29 @@ def cosmos(
 
   Args:
     learning_rate: a float or a schedule; matrix steps have RMS
-      learning_rate * lr_ratio, AdamW's use learning_rate itself.
-    b1: COSMOS momentum coefficient and AdamW's first-moment decay.
-    b2: decay of COSMOS's covariance and second moment, and AdamW's.
-    eps: COSMOS's and AdamW's eps.
-    lr_ratio: matrix rate over the fallback's rate.
+      learning_rate * lr_ratio, AdamW's use learning_rate itself. Default 1e-3.
+    b1: COSMOS momentum coefficient and AdamW's first-moment decay. Default 0.9.
+    b2: decay of COSMOS's covariance and second moment, and AdamW's. Default 0.999.
+    eps: COSMOS's and AdamW's eps. Default 1e-8.
+    lr_ratio: matrix rate over the fallback's rate. Default 0.1.
     rank: eigenbasis rank, clamped to each matrix's fan-in; None means 64 (an
-      int must be listed in `static_args` under `optax.inject_hyperparams`).
-    gamma: weight of the Newton–Schulz complement.
+      int must be listed in `static_args` under `optax.inject_hyperparams`). Default None.
+    gamma: weight of the Newton–Schulz complement. Default 0.2.
     weight_decay: decoupled decay, p <- p - lr (d + wd p), for every leaf
-      (the official code's (1 - lr wd) p before the step: the same map).
-    mask: decay mask (tree or callable).
-    nesterov: official `nestrov` (static).
+      (the official code's (1 - lr wd) p before the step: the same map). Default 0.0.
+    mask: decay mask (tree or callable). Default None (every leaf).
+    nesterov: official `nestrov` (static). Default True.
     param_labels: label tree or callable params -> labels ("matrix",
       "embedding", "head", "vector"); None means `matrix_labels` (a tree or
       callable must be listed in `static_args` under `optax.inject_hyperparams`,
-      which would otherwise take a callable for a schedule).
+      which would otherwise take a callable for a schedule). Default None (`matrix_labels`).
 
   Returns:
     An `optax.GradientTransformationExtraArgs`.
+
+  References:
+    Liu et al., "COSMOS: A Hybrid Adaptive Optimizer for Memory-Efficient Training of LLMs", 2025.
+    https://arxiv.org/abs/2502.17410 ; official code: https://github.com/lliu606/COSMOS
   """
   matrix = descend(
       scale_by_cosmos(b1, b2, eps, lr_ratio, RANK if rank is None else rank, gamma, nesterov),

@@ -37,16 +37,16 @@ def diffgrad(
   between 0.5x and 1x the corresponding Adam step, coordinate-wise.
 
   Args:
-    learning_rate: step size, float or optax schedule.
-    b1: Adam's first-moment decay rate.
-    b2: Adam's second-moment decay rate.
-    eps: added to sqrt(v) before bias correction.
-    weight_decay: coupled L2 coefficient (float or schedule).
-    mask: tree or callable selecting the leaves that get weight decay.
+    learning_rate: step size, float or optax schedule. Default 1e-3.
+    b1: Adam's first-moment decay rate. Default 0.9.
+    b2: Adam's second-moment decay rate. Default 0.999.
+    eps: added to sqrt(v) before bias correction. Default 1e-8.
+    weight_decay: coupled L2 coefficient (float or schedule). Default 0.0.
+    mask: tree or callable selecting the leaves that get weight decay. Default None (every leaf).
 
   References:
-    Dubey et al., diffGrad: An Optimization Method for Convolutional Neural
-    Networks, IEEE TNNLS 31(11), 2020 (arXiv:1909.11015).
+    Dubey et al., "diffGrad: An Optimization Method for Convolutional Neural Networks", IEEE TNNLS
+    2020. https://arxiv.org/abs/1909.11015 ; official code: https://github.com/shivram1987/diffGrad
 
   Example:
     >>> import gradkit

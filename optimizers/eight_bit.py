@@ -67,7 +67,9 @@ def adam8bit(
   official kernel (see the module docstring for its order).
 
   References:
-    Dettmers et al., 8-bit Optimizers via Block-wise Quantization, ICLR 2022.
+    Dettmers et al., "8-bit Optimizers via Block-wise Quantization", ICLR 2022.
+    https://arxiv.org/abs/2110.02861 ; official code:
+    https://github.com/bitsandbytes-foundation/bitsandbytes
   """
   _checks.check_unit_interval("b1", b1)
   _checks.check_unit_interval("b2", b2)
@@ -93,7 +95,12 @@ def adamw8bit(
   """bitsandbytes AdamW8bit: `adam8bit` with its default weight_decay 1e-2.
 
   References:
-    Dettmers et al., 8-bit Optimizers via Block-wise Quantization, ICLR 2022.
+    Dettmers et al., "8-bit Optimizers via Block-wise Quantization", ICLR 2022.
+    https://arxiv.org/abs/2110.02861 ; official code:
+    https://github.com/bitsandbytes-foundation/bitsandbytes
+
+    Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
+    https://arxiv.org/abs/1711.05101
   """
   return adam8bit(
       learning_rate, b1, b2, eps, weight_decay, mask, block_size, min_size, keep_fp32
@@ -117,8 +124,13 @@ def lion8bit(
   weight_decay 0).
 
   References:
-    Dettmers et al., 8-bit Optimizers via Block-wise Quantization, ICLR 2022.
-    Chen et al., Symbolic Discovery of Optimization Algorithms, NeurIPS 2023.
+    Dettmers et al., "8-bit Optimizers via Block-wise Quantization", ICLR 2022.
+    https://arxiv.org/abs/2110.02861 ; official code:
+    https://github.com/bitsandbytes-foundation/bitsandbytes
+
+    Chen et al., "Symbolic Discovery of Optimization Algorithms", NeurIPS 2023.
+    https://arxiv.org/abs/2302.06675 ; official code:
+    https://github.com/google/automl/tree/master/lion
   """
   return recipe(
       _eight_bit(scale_by_sign_momentum(b1, b2), block_size, min_size, keep_fp32),
@@ -142,7 +154,9 @@ def momentum8bit(
   `sgd`'s. No dampening, as in bitsandbytes' momentum kernel.
 
   References:
-    Dettmers et al., 8-bit Optimizers via Block-wise Quantization, ICLR 2022.
+    Dettmers et al., "8-bit Optimizers via Block-wise Quantization", ICLR 2022.
+    https://arxiv.org/abs/2110.02861 ; official code:
+    https://github.com/bitsandbytes-foundation/bitsandbytes
   """
   _checks.check_unit_interval("momentum", momentum)
   return recipe(
@@ -172,8 +186,13 @@ def adabelief8bit(
   `rectify=False`); s >= eps > 0 uses the unsigned map.
 
   References:
-    Dettmers et al., 8-bit Optimizers via Block-wise Quantization, ICLR 2022.
-    Zhuang et al., AdaBelief Optimizer, NeurIPS 2020.
+    Dettmers et al., "8-bit Optimizers via Block-wise Quantization", ICLR 2022.
+    https://arxiv.org/abs/2110.02861 ; official code:
+    https://github.com/bitsandbytes-foundation/bitsandbytes
+
+    Zhuang et al., "AdaBelief Optimizer: Adapting Stepsizes by the Belief in Observed Gradients",
+    NeurIPS 2020. https://arxiv.org/abs/2010.07468 ; official code:
+    https://github.com/juntang-zhuang/Adabelief-Optimizer
   """
   _checks.check_unit_interval("b1", b1)
   _checks.check_unit_interval("b2", b2)

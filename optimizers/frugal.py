@@ -84,28 +84,29 @@ def frugal(
   leaves alone; pass explicit values there through `static_args`).
 
   Args:
-    learning_rate: float or optax schedule.
-    density: rho in [0, 1], the subspace fraction (static; None means 0.25).
-    update_gap: T, steps between projector refreshes (static; None means 200).
+    learning_rate: float or optax schedule. Default 1e-3.
+    density: rho in [0, 1], the subspace fraction (static; None means 0.25). Default None.
+    update_gap: T, steps between projector refreshes (static; None means 200). Default None.
     proj_type: "svd" (top-r singular vectors) or "random" (a random
-      semi-orthogonal matrix from `seed`, redrawn each refresh).
-    proj_side: side rule ("std", "reverse_std", "left", "right", "full").
-    inactive_update_rule: "sign_sgd", "sgd" or "no" for the residual.
-    inactive_lr_scale: c, the residual's step relative to the subspace's.
-    proj_params_lr_scale: a, scales both parts of a projected matrix's step.
-    reset_statistics: zero the subspace Adam state at each refresh (static).
-    b1: Adam's first-moment decay rate.
-    b2: Adam's second-moment decay rate.
-    eps: Adam's eps, added after bias correction (PyTorch placement).
-    weight_decay: decoupled decay on every leaf unless `mask` says otherwise.
-    mask: which leaves decay (tree or callable).
+      semi-orthogonal matrix from `seed`, redrawn each refresh). Default "svd".
+    proj_side: side rule ("std", "reverse_std", "left", "right", "full"). Default "std".
+    inactive_update_rule: "sign_sgd", "sgd" or "no" for the residual. Default "sign_sgd".
+    inactive_lr_scale: c, the residual's step relative to the subspace's. Default 1.0.
+    proj_params_lr_scale: a, scales both parts of a projected matrix's step. Default 1.0.
+    reset_statistics: zero the subspace Adam state at each refresh (static). Default True.
+    b1: Adam's first-moment decay rate. Default 0.9.
+    b2: Adam's second-moment decay rate. Default 0.999.
+    eps: Adam's eps, added after bias correction (PyTorch placement). Default 1e-8.
+    weight_decay: decoupled decay on every leaf unless `mask` says otherwise. Default 0.01.
+    mask: which leaves decay (tree or callable). Default None (every leaf).
     param_labels: label tree or callable (None means `matrix_labels`).
-    seed: seed of the random projectors.
+      Default None (`matrix_labels`).
+    seed: seed of the random projectors. Default 0.
 
   References:
-    P. Zmushko, A. Beznosikov, M. Takac, S. Horvath, FRUGAL: Memory-Efficient
-    Optimization by Reducing State Overhead for Scalable Training, ICML 2025,
-    arXiv 2411.07837 (official code: fzmushko/FRUGAL).
+    Zmushko et al., "FRUGAL: Memory-Efficient Optimization by Reducing State Overhead for Scalable
+    Training", ICML 2025. https://arxiv.org/abs/2411.07837 ; official code:
+    https://github.com/fzmushko/FRUGAL
   """
   rho = DENSITY if density is None else density
   if not isinstance(rho, (int, float)) or isinstance(rho, bool):

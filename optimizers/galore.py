@@ -72,22 +72,22 @@ def galore(
   scale 0.25 the paper's pre-training recipes (the class default is 1.0).
 
   Args:
-    learning_rate: float or optax schedule.
-    rank: r (static int; None means 128), clamped per matrix.
-    update_proj_gap: T, steps between SVD refreshes (static int; None means 200).
-    scale: alpha, multiplies the projected-back Adam step (not the decay).
-    proj_type: "std", "reverse_std", "left", "right" or "full" (U^T G V).
-    b1: Adam's first-moment decay rate.
-    b2: Adam's second-moment decay rate.
-    eps: Adam's eps, added before bias correction (HF placement).
-    weight_decay: decoupled decay (float or schedule).
-    mask: which leaves decay (tree or callable), as in optax.adamw.
+    learning_rate: float or optax schedule. Default 1e-3.
+    rank: r (static int; None means 128), clamped per matrix. Default None.
+    update_proj_gap: T, steps between SVD refreshes (static int; None means 200). Default None.
+    scale: alpha, multiplies the projected-back Adam step (not the decay). Default 0.25.
+    proj_type: "std", "reverse_std", "left", "right" or "full" (U^T G V). Default "std".
+    b1: Adam's first-moment decay rate. Default 0.9.
+    b2: Adam's second-moment decay rate. Default 0.999.
+    eps: Adam's eps, added before bias correction (HF placement). Default 1e-6.
+    weight_decay: decoupled decay (float or schedule). Default 0.0.
+    mask: which leaves decay (tree or callable), as in optax.adamw. Default None (every leaf).
     param_labels: label tree or callable (None means `matrix_labels`).
+      Default None (`matrix_labels`).
 
   References:
-    J. Zhao et al., GaLore: Memory-Efficient LLM Training by Gradient
-    Low-Rank Projection, ICML 2024, arXiv 2403.03507 (official code:
-    jiaweizzhao/GaLore).
+    Zhao et al., "GaLore: Memory-Efficient LLM Training by Gradient Low-Rank Projection", ICML 2024.
+    https://arxiv.org/abs/2403.03507 ; official code: https://github.com/jiaweizzhao/GaLore
   """
   check_positive_int("update_proj_gap", update_proj_gap)
   adam = _hf_adam(b1, b2, eps)
@@ -129,23 +129,27 @@ def natural_galore(
   recipes; CLI 1.0). The recipes use lr 0.01 and wd 0.01 for the 60M model.
 
   Args:
-    learning_rate: float or optax schedule.
-    rank: r on both sides (static int; None means 128), clamped per matrix.
-    update_proj_gap: T (static int; None means 200).
-    scale: alpha, multiplies the projected-back step.
-    natural_history: s, cores kept for the Fisher (static int; None means 20).
-    damping: lambda of the Fisher (official: 1e-3, hard-coded).
-    b1: Adam's first-moment decay rate.
-    b2: Adam's second-moment decay rate.
-    eps: Adam's eps, added before bias correction (HF placement).
-    weight_decay: decoupled decay (float or schedule).
-    mask: which leaves decay (tree or callable).
+    learning_rate: float or optax schedule. Default 1e-3.
+    rank: r on both sides (static int; None means 128), clamped per matrix. Default None.
+    update_proj_gap: T (static int; None means 200). Default None.
+    scale: alpha, multiplies the projected-back step. Default 0.25.
+    natural_history: s, cores kept for the Fisher (static int; None means 20). Default None.
+    damping: lambda of the Fisher (official: 1e-3, hard-coded). Default 1e-3.
+    b1: Adam's first-moment decay rate. Default 0.9.
+    b2: Adam's second-moment decay rate. Default 0.999.
+    eps: Adam's eps, added before bias correction (HF placement). Default 1e-6.
+    weight_decay: decoupled decay (float or schedule). Default 0.0.
+    mask: which leaves decay (tree or callable). Default None (every leaf).
     param_labels: label tree or callable (None means `matrix_labels`).
+      Default None (`matrix_labels`).
 
   References:
-    A. Das, Natural GaLore: Accelerating GaLore for memory-efficient LLM
-    Training and Fine-tuning, arXiv 2410.16029, 2024 (official code:
-    selfsupervised-ai/Natural-GaLore).
+    Das, "Natural GaLore: Accelerating GaLore for memory-efficient LLM Training and Fine-tuning",
+    2024. https://arxiv.org/abs/2410.16029 ; official code:
+    https://github.com/selfsupervised-ai/Natural-GaLore
+
+    Zhao et al., "GaLore: Memory-Efficient LLM Training by Gradient Low-Rank Projection", ICML 2024.
+    https://arxiv.org/abs/2403.03507 ; official code: https://github.com/jiaweizzhao/GaLore
   """
   check_positive_int("update_proj_gap", update_proj_gap)
   check_positive_int("natural_history", natural_history)

@@ -76,29 +76,35 @@ def muon(
   Args:
     learning_rate: Muon's rate (KellerJordan/Muon's default 0.02); a float or
       a schedule.
-    beta: momentum decay, in [0, 1).
-    ns_coefficients: (a, b, c) of the quintic Newton–Schulz step.
+    beta: momentum decay, in [0, 1). Default 0.95.
+    ns_coefficients: (a, b, c) of the quintic Newton–Schulz step. Default MUON_COEFFICIENTS.
     ns_steps: Newton–Schulz steps; None means 5 (an int must be listed in
-      `static_args` under `optax.inject_hyperparams`).
-    eps: added to ||m||_F before the Newton–Schulz iteration.
-    weight_decay: decoupled decay of the matrix leaves.
-    mask: decay mask (tree or callable), for both rules.
-    nesterov: Nesterov look-ahead in the Muon momentum (static).
-    adam_learning_rate: AdamW's rate; None means `learning_rate`.
-    adam_b1: AdamW's first-moment decay.
-    adam_b2: AdamW's second-moment decay.
-    adam_eps: added to sqrt(v_hat) (PyTorch/optax placement).
-    adam_weight_decay: AdamW's decoupled decay.
+      `static_args` under `optax.inject_hyperparams`). Default None.
+    eps: added to ||m||_F before the Newton–Schulz iteration. Default 1e-8.
+    weight_decay: decoupled decay of the matrix leaves. Default 0.0.
+    mask: decay mask (tree or callable), for both rules. Default None (every leaf).
+    nesterov: Nesterov look-ahead in the Muon momentum (static). Default True.
+    adam_learning_rate: AdamW's rate; None means `learning_rate`. Default None.
+    adam_b1: AdamW's first-moment decay. Default 0.9.
+    adam_b2: AdamW's second-moment decay. Default 0.999.
+    adam_eps: added to sqrt(v_hat) (PyTorch/optax placement). Default 1e-8.
+    adam_weight_decay: AdamW's decoupled decay. Default 0.0.
     adam_nesterov: NAdam first moment in the fallback (static); True as in
       `optax.contrib.muon` (which ties it to `nesterov`), False for the plain
-      Adam of KellerJordan/Muon's `MuonWithAuxAdam`.
+      Adam of KellerJordan/Muon's `MuonWithAuxAdam`. Default True.
     param_labels: label tree or callable params -> labels ("matrix",
       "embedding", "head", "vector"); None means `matrix_labels` (a tree or
       callable must be listed in `static_args` under `optax.inject_hyperparams`,
-      which would otherwise take a callable for a schedule).
+      which would otherwise take a callable for a schedule). Default None (`matrix_labels`).
 
   Returns:
     An `optax.GradientTransformationExtraArgs`.
+
+  References:
+    Jordan et al., "Muon: An optimizer for hidden layers in neural networks", blog post, 2024.
+    https://kellerjordan.github.io/posts/muon/ ; official code: https://github.com/KellerJordan/Muon
+
+    Liu et al., "Muon is Scalable for LLM Training", 2025. https://arxiv.org/abs/2502.16982
 
   Example:
     >>> import jax.numpy as jnp

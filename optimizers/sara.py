@@ -48,19 +48,24 @@ def sara(
   Args:
     learning_rate: default 1e-3 * exp(-350 * threshold) at the default
       threshold 2e-3 (the official rule; recompute it for another threshold).
-    threshold: trainable where |w| < threshold.
-    lambda_rank: weight of the nuclear-norm penalty on the sparse matrix.
+    threshold: trainable where |w| < threshold. Default 2e-3.
+    lambda_rank: weight of the nuclear-norm penalty on the sparse matrix. Default 5e-4.
     progressive_iter: steps after which the trainable set is re-selected
-      (None: never).
+      (None: never). Default 2500.
     max_fraction: at most this fraction of each leaf is trainable (static;
-      None means 0.05): the (k,) state size.
-    b1: AdamW's first-moment decay rate.
-    b2: AdamW's second-moment decay rate.
-    eps: AdamW's eps.
-    weight_decay: decoupled, on the trainable entries only.
-    mask: weight-decay mask; a callable sees the tree of (k,) vectors.
+      None means 0.05): the (k,) state size. Default None.
+    b1: AdamW's first-moment decay rate. Default 0.9.
+    b2: AdamW's second-moment decay rate. Default 0.999.
+    eps: AdamW's eps. Default 1e-8.
+    weight_decay: decoupled, on the trainable entries only. Default 1e-2.
+    mask: weight-decay mask; a callable sees the tree of (k,) vectors. Default None (every leaf).
     min_dim: 2-D leaves with both sides > min_dim get the penalty (static;
-      None means 64, official).
+      None means 64, official). Default None.
+
+  References:
+    Hu et al., "SaRA: High-Efficient Diffusion Model Fine-tuning with Progressive Sparse Low-Rank
+    Adaptation", ICLR 2025. https://arxiv.org/abs/2409.06633 ; official code:
+    https://github.com/sjtuplayer/SaRA
 
   Example:
     >>> from gradkit.optimizers.sara import sara

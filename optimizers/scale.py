@@ -56,24 +56,30 @@ def scale(
   Args:
     learning_rate: matrix learning rate, float or optax schedule. Default
       1e-4 (the class and CLI default; the 60M-350M recipes use 1e-3).
-    momentum: decay of the head's momentum, in [0, 1).
+    momentum: decay of the head's momentum, in [0, 1). Default 0.9.
     adam_learning_rate: rate of the "vector" AdamW, float or schedule; None
       means `learning_rate` (the class default). The paper's adam_lr follows
       the matrix schedule, lr_a(t) = lr(t) adam_lr / lr_max: with a schedule,
       pass the same schedule with peak adam_lr (recipes: 0.02 at 60M-350M).
-    b1: AdamW's first-moment decay.
-    b2: AdamW's second-moment decay.
-    eps: AdamW's eps.
+    b1: AdamW's first-moment decay. Default 0.9.
+    b2: AdamW's second-moment decay. Default 0.999.
+    eps: AdamW's eps. Default 1e-8.
     weight_decay: decoupled weight decay (float or schedule); default 0.
     mask: weight-decay mask (tree of bools or callable), as optax.adamw's.
+      Default None (every leaf).
     param_labels: label tree or callable params -> labels ("matrix",
       "embedding", "head", "vector"); None means `matrix_labels`, which
       stays static under `optax.inject_hyperparams` (a callable would be
-      taken for a schedule there unless listed in `static_args`).
+      taken for a schedule there unless listed in `static_args`). Default None (`matrix_labels`).
 
   Returns:
     An `optax.GradientTransformationExtraArgs`. State: the head's momentum
     and the AdamW moments of the vectors (plus scalar step counts).
+
+  References:
+    Glentis, Li, Han & Hong, "A Minimalist Optimizer Design for LLM Pretraining", 2025.
+    https://arxiv.org/abs/2506.16659 ; official code:
+    https://github.com/OptimAI-Lab/Minimalist_LLM_Pretraining
 
   Example:
     >>> import gradkit, jax.numpy as jnp

@@ -33,12 +33,17 @@ def sgd_sai(
   is small; `normalize_by_max=True` gives the paper's Algorithm 1 instead.
 
   Args:
-    learning_rate: base step size (float or schedule).
-    momentum: EMA coefficient in [0, 1).
-    eps: added to the gradient std in the g-SNR.
-    weight_decay: decoupled decay coefficient (float or schedule).
-    mask: which leaves get weight decay (tree or callable), as in optax.
-    normalize_by_max: divide the scores by their maximum over all leaves.
+    learning_rate: base step size (float or schedule). Default 1e-2.
+    momentum: EMA coefficient in [0, 1). Default 0.9.
+    eps: added to the gradient std in the g-SNR. Default 1e-8.
+    weight_decay: decoupled decay coefficient (float or schedule). Default 1e-2.
+    mask: which leaves get weight decay (tree or callable), as in optax. Default None (every leaf).
+    normalize_by_max: divide the scores by their maximum over all leaves. Default False.
+
+  References:
+    Xu, Xiang, Cai & Wen, "No More Adam: Learning Rate Scaling at Initialization is All You Need",
+    2024. https://arxiv.org/abs/2412.11768 ; official code:
+    https://github.com/AnonymousAlethiometer/SGD_SaI
 
   Example:
     >>> import gradkit, jax.numpy as jnp

@@ -44,18 +44,19 @@ def sinkgd(
   decoupled, p <- p - lr (d + wd p), on every branch, restricted by `mask`.
 
   Args:
-    learning_rate: float or optax schedule, for every branch.
-    num_iterations: SR-Sinkhorn rounds L (static int; None means 5).
+    learning_rate: float or optax schedule, for every branch. Default 1e-3.
+    num_iterations: SR-Sinkhorn rounds L (static int; None means 5). Default None.
     axis: axis of the 2-D view normalized first in each round (static; None
-      means 0).
-    eps: lower clamp on every row/column RMS.
-    b1: AdamW's first-moment decay on the fallback leaves.
-    b2: AdamW's second-moment decay on the fallback leaves.
-    adam_eps: AdamW's eps.
-    weight_decay: decoupled weight decay (float or schedule).
+      means 0). Default None.
+    eps: lower clamp on every row/column RMS. Default 1e-8.
+    b1: AdamW's first-moment decay on the fallback leaves. Default 0.9.
+    b2: AdamW's second-moment decay on the fallback leaves. Default 0.999.
+    adam_eps: AdamW's eps. Default 1e-8.
+    weight_decay: decoupled weight decay (float or schedule). Default 0.0.
     mask: weight-decay mask (tree of bools or callable), as optax.adamw's.
+      Default None (every leaf).
     param_labels: label tree or callable params -> labels ("matrix",
-      "embedding", "head", "vector"); None means `matrix_labels`.
+      "embedding", "head", "vector"); None means `matrix_labels`. Default None (`matrix_labels`).
 
   `num_iterations`, `axis` and `param_labels` default to None so that
   `optax.inject_hyperparams` keeps them static (it would inject ints and take
@@ -63,6 +64,10 @@ def sinkgd(
 
   Returns:
     An `optax.GradientTransformationExtraArgs`.
+
+  References:
+    Scetbon, Ma, Gong & Meeds, "Gradient Multi-Normalization for Stateless and Scalable LLM
+    Training", 2025. https://arxiv.org/abs/2502.06742
   """
   _checks.check_unit_interval("b1", b1)
   _checks.check_unit_interval("b2", b2)

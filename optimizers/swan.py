@@ -48,18 +48,19 @@ def swan(
   wd p), on every branch, restricted by `mask`.
 
   Args:
-    learning_rate: float or optax schedule, for every branch.
-    ns_steps: coupled Newton–Schulz steps (static int; None means 10).
+    learning_rate: float or optax schedule, for every branch. Default 1e-3.
+    ns_steps: coupled Newton–Schulz steps (static int; None means 10). Default None.
     axis: axis of the 2-D view GradNorm reduces over (static; None means 0:
-      each output unit of a Flax (in, out) kernel over its fan-in).
-    eps: clamp on GradNorm's std and guard of the whitening's scaling.
-    b1: AdamW's first-moment decay on the fallback leaves.
-    b2: AdamW's second-moment decay on the fallback leaves.
-    adam_eps: AdamW's eps.
-    weight_decay: decoupled weight decay (float or schedule).
+      each output unit of a Flax (in, out) kernel over its fan-in). Default None.
+    eps: clamp on GradNorm's std and guard of the whitening's scaling. Default 1e-8.
+    b1: AdamW's first-moment decay on the fallback leaves. Default 0.9.
+    b2: AdamW's second-moment decay on the fallback leaves. Default 0.999.
+    adam_eps: AdamW's eps. Default 1e-8.
+    weight_decay: decoupled weight decay (float or schedule). Default 0.0.
     mask: weight-decay mask (tree of bools or callable), as optax.adamw's.
+      Default None (every leaf).
     param_labels: label tree or callable params -> labels ("matrix",
-      "embedding", "head", "vector"); None means `matrix_labels`.
+      "embedding", "head", "vector"); None means `matrix_labels`. Default None (`matrix_labels`).
 
   `ns_steps` and `axis` default to None so that `optax.inject_hyperparams`
   keeps them static; likewise `param_labels`, which it would otherwise take
@@ -67,6 +68,10 @@ def swan(
 
   Returns:
     An `optax.GradientTransformationExtraArgs`.
+
+  References:
+    Ma, Gong, Scetbon & Meeds, "SWAN: SGD with Normalization and Whitening Enables Stateless LLM
+    Training", ICML 2025. https://arxiv.org/abs/2412.13148
 
   Example:
     >>> import gradkit, jax.numpy as jnp

@@ -47,15 +47,20 @@ def trp(
   """TRP: SGD-momentum with nuclear regularization and periodic SVD truncation.
 
   Args:
-    learning_rate: SGD step (official 0.1, decayed x0.1 at epochs 81 and 122).
-    momentum: heavy-ball momentum (official 0.9).
-    nuclear_weight: lambda of the nuclear regularization (README: 3e-4).
-    energy: kept fraction of sum(s^2) (official EnergyThreshold(0.9)), or None.
-    rank: keep at most this many components per matrix (static), or None.
+    learning_rate: SGD step (official 0.1, decayed x0.1 at epochs 81 and 122). Default 0.1.
+    momentum: heavy-ball momentum (official 0.9). Default 0.9.
+    nuclear_weight: lambda of the nuclear regularization (README: 3e-4). Default 3e-4.
+    energy: kept fraction of sum(s^2) (official EnergyThreshold(0.9)), or None. Default 0.9.
+    rank: keep at most this many components per matrix (static), or None. Default None.
     period: projection period m (static; None means 1, the official default
       `--decouple-period`; the shipped train_TPR.sh uses 5).
-    weight_decay: coupled L2 coefficient (official 1e-4).
-    mask: which leaves get weight decay (optax.add_decayed_weights).
+    weight_decay: coupled L2 coefficient (official 1e-4). Default 1e-4.
+    mask: which leaves get weight decay (optax.add_decayed_weights). Default None (every leaf).
+
+  References:
+    Xu et al., "TRP: Trained Rank Pruning for Efficient Deep Neural Networks", IJCAI 2020.
+    https://arxiv.org/abs/2004.14566 ; official code:
+    https://github.com/yuhuixu1993/Trained-Rank-Pruning
 
   Example:
     >>> import gradkit

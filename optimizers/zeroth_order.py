@@ -63,13 +63,17 @@ def mezo(
   fallback 1e-5 is overridden there for full-parameter runs.
 
   Args:
-    learning_rate: float or optax schedule.
-    eps: perturbation scale.
-    num_perturbations: directions averaged per step (static; None means 1).
-    distribution: "gaussian" or "rademacher" (static).
-    seed: seed of the perturbations (carried in the state).
-    weight_decay: decoupled decay, float or schedule.
-    mask: decay mask tree or callable; None means `matrices_only`.
+    learning_rate: float or optax schedule. Default 1e-6.
+    eps: perturbation scale. Default 1e-3.
+    num_perturbations: directions averaged per step (static; None means 1). Default None.
+    distribution: "gaussian" or "rademacher" (static). Default "gaussian".
+    seed: seed of the perturbations (carried in the state). Default 0.
+    weight_decay: decoupled decay, float or schedule. Default 0.0.
+    mask: decay mask tree or callable; None means `matrices_only`. Default None (every leaf).
+
+  References:
+    Malladi et al., "Fine-Tuning Language Models with Just Forward Passes", NeurIPS 2023.
+    https://arxiv.org/abs/2305.17333 ; official code: https://github.com/princeton-nlp/MeZO
   """
   return recipe(
       estimate_spsa_gradient(eps, num_perturbations, distribution, seed),
@@ -98,7 +102,14 @@ def sparse_mezo(
   gradkit choice, the paper's sparsity values being unverified.
 
   Args:
-    fraction: share of each leaf perturbed, in (0, 1] (may be scheduled).
+    fraction: share of each leaf perturbed, in (0, 1] (may be scheduled). Default SPARSE_FRACTION.
+
+  References:
+    Liu et al., "Sparse MeZO: Less Parameters for Better Performance in Zeroth-Order LLM
+    Fine-Tuning", 2024. https://arxiv.org/abs/2402.15751
+
+    Malladi et al., "Fine-Tuning Language Models with Just Forward Passes", NeurIPS 2023.
+    https://arxiv.org/abs/2305.17333 ; official code: https://github.com/princeton-nlp/MeZO
   """
   _checks.check_positive("fraction", fraction)
   _checks.check_unit_interval("fraction", fraction, closed=True)
@@ -156,12 +167,12 @@ def mezo_step(
 
   Args:
     obj_fn: (params, *batch) -> scalar loss (dropout off).
-    learning_rate: as in `mezo`.
-    eps: as in `mezo`.
-    distribution: as in `mezo`.
-    seed: as in `mezo`.
-    weight_decay: as in `mezo`.
-    mask: as in `mezo`.
+    learning_rate: as in `mezo`. Default 1e-6.
+    eps: as in `mezo`. Default 1e-3.
+    distribution: as in `mezo`. Default "gaussian".
+    seed: as in `mezo`. Default 0.
+    weight_decay: as in `mezo`. Default 0.0.
+    mask: as in `mezo`. Default None (every leaf).
 
   Returns:
     `MezoStep(init, step, programs)`: `init(params)` gives the state;
@@ -169,6 +180,10 @@ def mezo_step(
     consumes (donates) `params`; `programs(params, state, *batch)` gives the
     compiled programs {"perturb", "forward", "restore_update"} for
     `memory_analysis()`.
+
+  References:
+    Malladi et al., "Fine-Tuning Language Models with Just Forward Passes", NeurIPS 2023.
+    https://arxiv.org/abs/2305.17333 ; official code: https://github.com/princeton-nlp/MeZO
   """
   if distribution not in DISTRIBUTIONS:
     raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")

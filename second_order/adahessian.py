@@ -58,17 +58,21 @@ def scale_by_adahessian(
   `tree.update_moment(_per_elem_norm)` and `tree.bias_correction`.
 
   Args:
-    b1: EMA rate of g.
-    b2: EMA rate of D².
-    eps: added to the denominator after the power (official placement).
-    hessian_power: k in [0, 1]; 0 gives bias-corrected momentum SGD.
+    b1: EMA rate of g. Default 0.9.
+    b2: EMA rate of D². Default 0.999.
+    eps: added to the denominator after the power (official placement). Default 1e-4.
+    hessian_power: k in [0, 1]; 0 gives bias-corrected momentum SGD. Default 1.0.
     spatial_average_block: 2-D rule of `spatial_average` (static; None means
-      1, no averaging of Dense kernels, as the image-classification code).
-    conv_window_average: average rank >= 3 kernels over their window (static).
+      1, no averaging of Dense kernels, as the image-classification code). Default None.
+    conv_window_average: average rank >= 3 kernels over their window (static). Default True.
     update_interval: refresh D every this many steps (None: every step, and
-      no D is stored).
-    num_probes: Rademacher probes per refresh (static; None means 1).
-    seed: probe seed, carried in the state.
+      no D is stored). Default None.
+    num_probes: Rademacher probes per refresh (static; None means 1). Default None.
+    seed: probe seed, carried in the state. Default 0.
+
+  References:
+    Yao et al., "ADAHESSIAN: An Adaptive Second Order Optimizer for Machine Learning", AAAI 2021.
+    https://arxiv.org/abs/2006.00719 ; official code: https://github.com/amirgholami/adahessian
   """
   _checks.check_unit_interval("b1", b1)
   _checks.check_unit_interval("b2", b2)
@@ -145,6 +149,10 @@ def adahessian(
   and randomness as the gradient). Static options (`spatial_average_block`,
   `num_probes`) default to None, so `optax.inject_hyperparams` leaves them
   static; give non-default ones through its `static_args`.
+
+  References:
+    Yao et al., "ADAHESSIAN: An Adaptive Second Order Optimizer for Machine Learning", AAAI 2021.
+    https://arxiv.org/abs/2006.00719 ; official code: https://github.com/amirgholami/adahessian
 
   Example:
     >>> import jax.numpy as jnp, gradkit

@@ -96,16 +96,18 @@ def scale_by_approx_newton(
   naming them. Computed in float32; output in each leaf's dtype.
 
   Args:
-    hessian: "exact", "gauss_newton" or "fisher" (static).
-    gamma_init: first radius gamma_0 (reference 1.0).
-    gamma_min: floor of gamma when halving (reference 1e-9).
-    max_tries: inner trials per step (reference 40).
+    hessian: "exact", "gauss_newton" or "fisher" (static). Default "exact".
+    gamma_init: first radius gamma_0 (reference 1.0). Default 1.0.
+    gamma_min: floor of gamma when halving (reference 1e-9). Default 1e-9.
+    max_tries: inner trials per step (reference 40). Default 40.
     cg_max_iters: conjugate-gradient iterations per trial (gradkit choice;
-      the reference factorises H + lambda I by Cholesky).
-    cg_tol: relative residual tolerance of CG.
+      the reference factorises H + lambda I by Cholesky). Default 100.
+    cg_tol: relative residual tolerance of CG. Default 1e-5.
 
   References:
-    Semenov, Jaggi, Doikov, arXiv 2506.13710, 2025 (Algorithm 1).
+    Semenov, Jaggi & Doikov, "Gradient-Normalized Smoothness for Optimization with Approximate
+    Hessians", 2025. https://arxiv.org/abs/2506.13710 ; official code:
+    https://github.com/epfml/hess-approx
   """
   if hessian not in _NEEDS:
     raise ValueError(f"hessian must be one of {sorted(_NEEDS)}, got {hessian!r}")
@@ -195,15 +197,20 @@ def approx_newton(
   "gauss_newton" or "fisher"). For small and medium models.
 
   Args:
-    learning_rate: float or optax schedule (paper: 1).
-    hessian: as in `scale_by_approx_newton`.
-    gamma_init: as in `scale_by_approx_newton`.
-    gamma_min: as in `scale_by_approx_newton`.
-    max_tries: as in `scale_by_approx_newton`.
-    cg_max_iters: as in `scale_by_approx_newton`.
-    cg_tol: as in `scale_by_approx_newton`.
-    weight_decay: decoupled decay (float or schedule); not in the paper.
-    mask: decay mask tree or callable.
+    learning_rate: float or optax schedule (paper: 1). Default 1.0.
+    hessian: as in `scale_by_approx_newton`. Default "exact".
+    gamma_init: as in `scale_by_approx_newton`. Default 1.0.
+    gamma_min: as in `scale_by_approx_newton`. Default 1e-9.
+    max_tries: as in `scale_by_approx_newton`. Default 40.
+    cg_max_iters: as in `scale_by_approx_newton`. Default 100.
+    cg_tol: as in `scale_by_approx_newton`. Default 1e-5.
+    weight_decay: decoupled decay (float or schedule); not in the paper. Default 0.0.
+    mask: decay mask tree or callable. Default None (every leaf).
+
+  References:
+    Semenov, Jaggi & Doikov, "Gradient-Normalized Smoothness for Optimization with Approximate
+    Hessians", 2025. https://arxiv.org/abs/2506.13710 ; official code:
+    https://github.com/epfml/hess-approx
   """
   return recipe(
       scale_by_approx_newton(hessian, gamma_init, gamma_min, max_tries, cg_max_iters, cg_tol),

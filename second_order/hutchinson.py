@@ -43,6 +43,14 @@ def hutchinson_diagonal(
   Probe i is drawn from `key` itself when `num_probes` is 1 (optax's draw),
   else from `jax.random.split(key, num_probes)[i]`. Probes are summed in a
   loop, so memory does not grow with `num_probes` (a static int >= 1).
+
+  References:
+    Yao et al., "ADAHESSIAN: An Adaptive Second Order Optimizer for Machine Learning", AAAI 2021.
+    https://arxiv.org/abs/2006.00719 ; official code: https://github.com/amirgholami/adahessian
+
+    Liu et al., "Sophia: A Scalable Stochastic Second-order Optimizer for Language Model
+    Pre-training", ICLR 2024. https://arxiv.org/abs/2305.14342 ; official code:
+    https://github.com/Liuhong99/Sophia
   """
   if not isinstance(num_probes, int) or num_probes < 1:
     raise ValueError(f"num_probes must be an int >= 1, got {num_probes!r}")
@@ -78,8 +86,16 @@ def estimate_hutchinson_diagonal(
   probes with the subkey, as optax.contrib.hutchinson_estimator_diag_hessian.
 
   Args:
-    num_probes: probes averaged per call (static int; None means 1).
-    seed: seed of the probe stream.
+    num_probes: probes averaged per call (static int; None means 1). Default None.
+    seed: seed of the probe stream. Default 0.
+
+  References:
+    Yao et al., "ADAHESSIAN: An Adaptive Second Order Optimizer for Machine Learning", AAAI 2021.
+    https://arxiv.org/abs/2006.00719 ; official code: https://github.com/amirgholami/adahessian
+
+    Liu et al., "Sophia: A Scalable Stochastic Second-order Optimizer for Language Model
+    Pre-training", ICLR 2024. https://arxiv.org/abs/2305.14342 ; official code:
+    https://github.com/Liuhong99/Sophia
   """
   probes = 1 if num_probes is None else num_probes
   if not isinstance(probes, int) or probes < 1:
@@ -137,8 +153,12 @@ def spatial_average(diag: Params, block_size: int = 1, conv_window: bool = True)
 
   Args:
     diag: tree of Hessian-diagonal estimates (AdaHessian passes |D|).
-    block_size: static int, -1 or >= 1; the 2-D rule above.
-    conv_window: static bool; the rank >= 3 rule above.
+    block_size: static int, -1 or >= 1; the 2-D rule above. Default 1.
+    conv_window: static bool; the rank >= 3 rule above. Default True.
+
+  References:
+    Yao et al., "ADAHESSIAN: An Adaptive Second Order Optimizer for Machine Learning", AAAI 2021.
+    https://arxiv.org/abs/2006.00719 ; official code: https://github.com/amirgholami/adahessian
   """
   if not isinstance(block_size, int) or not (block_size == -1 or block_size >= 1):
     raise ValueError(f"block_size must be -1 or an int >= 1, got {block_size!r}")

@@ -104,6 +104,13 @@ def lanczos_quadrature(
   sum_k weights_k f(nodes_k) approximates v^T f(H) v for v = probe / |probe|,
   exactly for polynomials f of degree <= 2 num_iters - 1. `key` seeds the
   restart vectors after a breakdown (default PRNGKey(0)).
+
+  References:
+    Ghorbani, Krishnan & Xiao, "An Investigation into Neural Net Optimization via Hessian Eigenvalue
+    Density", ICML 2019. https://arxiv.org/abs/1901.10159
+
+    Yao, Gholami, Keutzer & Mahoney, "PyHessian: Neural Networks Through the Lens of the Hessian",
+    2020. https://arxiv.org/abs/1912.07145 ; official code: https://github.com/amirgholami/PyHessian
   """
   flat_matvec, d = _flat_operator(matvec, probe)
   steps = _num_steps(num_iters, d)
@@ -130,6 +137,10 @@ def top_eigenvalue(
   `params` fixes the tree structure (its values are unused); the start
   vector is Rademacher from `key`. Edge eigenvalues converge first, so a few
   tens of steps usually suffice; with num_iters = d it is exact.
+
+  References:
+    Yao, Gholami, Keutzer & Mahoney, "PyHessian: Neural Networks Through the Lens of the Hessian",
+    2020. https://arxiv.org/abs/1912.07145 ; official code: https://github.com/amirgholami/PyHessian
   """
   nodes, _ = _rademacher_quadrature(matvec, params, key, num_iters)
   return nodes[-1]
@@ -154,6 +165,13 @@ def spectral_density(
   (PyHessian pads 0.01 and renormalises the density on the grid; the wider
   pad keeps the Gaussians' mass so the density needs no renormalisation);
   an array is used as given.
+
+  References:
+    Ghorbani, Krishnan & Xiao, "An Investigation into Neural Net Optimization via Hessian Eigenvalue
+    Density", ICML 2019. https://arxiv.org/abs/1901.10159
+
+    Yao, Gholami, Keutzer & Mahoney, "PyHessian: Neural Networks Through the Lens of the Hessian",
+    2020. https://arxiv.org/abs/1912.07145 ; official code: https://github.com/amirgholami/PyHessian
   """
   if not isinstance(num_probes, int) or isinstance(num_probes, bool) or num_probes < 1:
     raise ValueError(f"num_probes must be a static int >= 1, got {num_probes!r}")

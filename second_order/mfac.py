@@ -95,6 +95,11 @@ def mfac_inverse_product(state: PreconditionMfacState, vector: optax.Updates) ->
   the window's span its two O(|x| / lambda) terms cancel, which costs float32
   digits when lambda is tiny; the optimizer's own step uses the push-through
   form instead.
+
+  References:
+    Frantar, Kurtic & Alistarh, "M-FAC: Efficient Matrix-Free Approximations of Second-Order
+    Information", NeurIPS 2021. https://arxiv.org/abs/2107.03356 ; official code:
+    https://github.com/IST-DASLab/M-FAC
   """
   flat, unravel = ravel_pytree(jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), vector))
   gx = jnp.matmul(state.grads, flat, precision=_HIGHEST)
@@ -117,16 +122,17 @@ def precondition_mfac(
   means 1024 copies of the model.
 
   Args:
-    num_grads: m, the window length (static int >= 1; reference 1024).
-    damping: lambda > 0 (reference `damp` = 1e-5).
+    num_grads: m, the window length (static int >= 1; reference 1024). Default 1024.
+    damping: lambda > 0 (reference `damp` = 1e-5). Default 1e-5.
 
   Returns:
     An `optax.GradientTransformation` with a `PreconditionMfacState`.
     `mfac_inverse_product(state, x)` applies the same F^{-1} to any x.
 
   References:
-    Frantar, Kurtic, Alistarh, M-FAC, NeurIPS 2021 (Section 3, dynamic
-    algorithm).
+    Frantar, Kurtic & Alistarh, "M-FAC: Efficient Matrix-Free Approximations of Second-Order
+    Information", NeurIPS 2021. https://arxiv.org/abs/2107.03356 ; official code:
+    https://github.com/IST-DASLab/M-FAC
 
   Example:
     >>> import jax.numpy as jnp
@@ -188,14 +194,19 @@ def mfac(
   uses m = 512, weight decay 3e-3).
 
   Args:
-    learning_rate: float or optax schedule.
+    learning_rate: float or optax schedule. Default 1e-3.
     num_grads: m, the gradient window (static int; None means 1024, so that
       `optax.inject_hyperparams` leaves it alone — pass explicit values there
-      through `static_args`).
-    damping: lambda of the empirical Fisher.
-    momentum: in [0, 1).
-    weight_decay: coupled L2 coefficient (float or schedule).
-    mask: which leaves are decayed (tree or callable); None decays all.
+      through `static_args`). Default None.
+    damping: lambda of the empirical Fisher. Default 1e-5.
+    momentum: in [0, 1). Default 0.0.
+    weight_decay: coupled L2 coefficient (float or schedule). Default 0.0.
+    mask: which leaves are decayed (tree or callable); None decays all. Default None (every leaf).
+
+  References:
+    Frantar, Kurtic & Alistarh, "M-FAC: Efficient Matrix-Free Approximations of Second-Order
+    Information", NeurIPS 2021. https://arxiv.org/abs/2107.03356 ; official code:
+    https://github.com/IST-DASLab/M-FAC
   """
   _checks.check_unit_interval("momentum", momentum)
   _checks.check_non_negative("weight_decay", weight_decay)

@@ -55,6 +55,11 @@ def sampled_cross_entropy(
     graphdef = nnx.graphdef(model)
     sampled = sampled_cross_entropy(lambda p: nnx.merge(graphdef, p)(x))
     optimizer.update(model, grads, sampled_obj_fn=sampled)
+
+  References:
+    Liu et al., "Sophia: A Scalable Stochastic Second-order Optimizer for Language Model
+    Pre-training", ICLR 2024. https://arxiv.org/abs/2305.14342 ; official code:
+    https://github.com/Liuhong99/Sophia
   """
 
   def sampled_obj_fn(params: Params, key: jax.Array) -> jax.Array:
@@ -81,6 +86,11 @@ def estimate_gauss_newton_bartlett_diagonal(seed: int = 0) -> optax.GradientTran
   `update(..., params, sampled_obj_fn=...)` is required (see the module
   docstring for its √B scaling); each call splits the carried key
   (`jax.random.PRNGKey(seed)` at init) and passes the subkey to it.
+
+  References:
+    Liu et al., "Sophia: A Scalable Stochastic Second-order Optimizer for Language Model
+    Pre-training", ICLR 2024. https://arxiv.org/abs/2305.14342 ; official code:
+    https://github.com/Liuhong99/Sophia
   """
 
   def init_fn(params):
@@ -138,11 +148,16 @@ def sophia(
   the current batch) on every step, as optax's.
 
   Args:
-    gamma: γ, scale of h in the denominator.
-    clip_threshold: the per-coordinate bound of the direction.
-    update_interval: k, steps between Hessian refreshes.
-    num_probes: Rademacher probes per refresh (static; None means 1).
-    seed: probe seed, carried in the state.
+    gamma: γ, scale of h in the denominator. Default 0.01.
+    clip_threshold: the per-coordinate bound of the direction. Default 1.0.
+    update_interval: k, steps between Hessian refreshes. Default 10.
+    num_probes: Rademacher probes per refresh (static; None means 1). Default None.
+    seed: probe seed, carried in the state. Default 0.
+
+  References:
+    Liu et al., "Sophia: A Scalable Stochastic Second-order Optimizer for Language Model
+    Pre-training", ICLR 2024. https://arxiv.org/abs/2305.14342 ; official code:
+    https://github.com/Liuhong99/Sophia
   """
   return recipe(
       _scale_by_sophia(b1, b2, eps, gamma, clip_threshold, update_interval,
@@ -172,6 +187,11 @@ def sophia_g(
   i.e. it is γ for h = EMA(B ĝ⊙ĝ), which is what gradkit stores. `update`
   needs `sampled_obj_fn=` ((params, key) -> √B × mean loss on labels sampled
   from the model; `sampled_cross_entropy` builds it).
+
+  References:
+    Liu et al., "Sophia: A Scalable Stochastic Second-order Optimizer for Language Model
+    Pre-training", ICLR 2024. https://arxiv.org/abs/2305.14342 ; official code:
+    https://github.com/Liuhong99/Sophia
   """
   return recipe(
       _scale_by_sophia(b1, b2, eps, gamma, clip_threshold, update_interval,

@@ -95,20 +95,24 @@ def scale_by_apollo_ratios(
   Args:
     rank: projection rank r (an int, or a function of each leaf's (m, n)
       view), clamped to [1, min(m, n)] per leaf. Static.
-    update_every: the projector is redrawn every `update_every` steps (T).
-    granularity: "channel" (APOLLO) or "tensor" (APOLLO-Mini). Static.
-    b1: decay rate of the low-rank first moment, in [0, 1).
-    b2: decay rate of the low-rank second moment, in [0, 1).
-    eps: added to the uncorrected sqrt(V).
+    update_every: the projector is redrawn every `update_every` steps (T). Default 200.
+    granularity: "channel" (APOLLO) or "tensor" (APOLLO-Mini). Static. Default "channel".
+    b1: decay rate of the low-rank first moment, in [0, 1). Default 0.9.
+    b2: decay rate of the low-rank second moment, in [0, 1). Default 0.999.
+    eps: added to the uncorrected sqrt(V). Default 1e-6.
     seed: seed of the Gaussian projectors (leaf i, refresh k draws from
-      fold_in(fold_in(key(seed), i), k)).
+      fold_in(fold_in(key(seed), i), k)). Default 0.
     projector: "gaussian" (N(0, 1/r) entries, APOLLO) or "svd" (GaLore's
-      top-r singular vectors, the official `proj="svd"`).
+      top-r singular vectors, the official `proj="svd"`). Default "gaussian".
 
   Returns:
     An `optax.GradientTransformation` with a `ScaleByApolloRatiosState`,
     acting on matrix leaves only (leaves with more than two axes use the
     `matrix_view` rule); vectors and scalars raise a ValueError.
+
+  References:
+    Zhu et al., "APOLLO: SGD-like Memory, AdamW-level Performance", MLSys 2025.
+    https://arxiv.org/abs/2412.05270 ; official code: https://github.com/zhuhanqing/APOLLO
   """
   if projector not in _PROJECTORS:
     raise ValueError(f"projector must be one of {_PROJECTORS}, got {projector!r}")
@@ -154,13 +158,17 @@ def limit_norm_growth(gamma: jax.typing.ArrayLike = 1.01) -> optax.GradientTrans
 
   Args:
     gamma: the largest allowed ratio of consecutive norms (> 0; 1.01 in
-      APOLLO and Fira).
+      APOLLO and Fira). Default 1.01.
 
   Returns:
     An `optax.GradientTransformation` with a `LimitNormGrowthState`.
 
   References:
-    X. Chen et al., Fira, arXiv 2410.01623. H. Zhu et al., APOLLO, MLSys 2025.
+    Chen et al., "Fira: Can We Achieve Full-rank Training of LLMs Under Low-rank Constraint?", 2024.
+    https://arxiv.org/abs/2410.01623
+
+    Zhu et al., "APOLLO: SGD-like Memory, AdamW-level Performance", MLSys 2025.
+    https://arxiv.org/abs/2412.05270 ; official code: https://github.com/zhuhanqing/APOLLO
 
   Example:
     >>> import jax.numpy as jnp
@@ -230,18 +238,18 @@ def scale_by_apollo(
 
   Args:
     rank: projection rank (1 for APOLLO-Mini), clamped per leaf. Static.
-    update_every: projector refresh period T.
-    granularity: "channel" (APOLLO) or "tensor" (APOLLO-Mini). Static.
+    update_every: projector refresh period T. Default 200.
+    granularity: "channel" (APOLLO) or "tensor" (APOLLO-Mini). Static. Default "channel".
     scale: the heuristic constant; the update is multiplied by sqrt(scale)
-      (1 for APOLLO, 128 for APOLLO-Mini in the paper).
-    b1: decay rate of the low-rank first moment.
-    b2: decay rate of the low-rank second moment.
-    eps: added to the uncorrected sqrt(V).
-    seed: seed of the random projectors.
-    projector: "gaussian" or "svd".
+      (1 for APOLLO, 128 for APOLLO-Mini in the paper). Default 1.0.
+    b1: decay rate of the low-rank first moment. Default 0.9.
+    b2: decay rate of the low-rank second moment. Default 0.999.
+    eps: added to the uncorrected sqrt(V). Default 1e-6.
+    seed: seed of the random projectors. Default 0.
+    projector: "gaussian" or "svd". Default "gaussian".
     limit_growth: the limiter's gamma (1.01), or None to disable it. Static
-      whether None.
-    scale_front: apply sqrt(scale) before the limiter. Static.
+      whether None. Default 1.01.
+    scale_front: apply sqrt(scale) before the limiter. Static. Default False.
 
   Returns:
     An `optax.GradientTransformation` (an `optax.chain`; matrix leaves only).

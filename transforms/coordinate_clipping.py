@@ -102,14 +102,14 @@ def clip_coordinates_top_fraction(
 
   Args:
     fraction: share of coordinates to clip, in [0, 1].
-    threshold_scale: multiplies the threshold (official `threshold_scale`).
+    threshold_scale: multiplies the threshold (official `threshold_scale`). Default 1.0.
 
   Returns:
     An `optax.GradientTransformation`.
 
   References:
-    Pan & Li, Toward Understanding Why Adam Converges Faster Than SGD for
-    Transformers, arXiv 2306.00204, 2022.
+    Pan & Li, "Toward Understanding Why Adam Converges Faster Than SGD for Transformers", 2023.
+    https://arxiv.org/abs/2306.00204 ; official code: https://github.com/panyan7/adam-vs-sgd
 
   Example:
     >>> import jax.numpy as jnp
@@ -150,16 +150,17 @@ def scale_by_adam_clipped_first_moment(
 
   Args:
     fraction: share of coordinates clipped in the first-moment input.
-    b1: first-moment decay.
-    b2: second-moment decay.
-    eps: added to sqrt(v_hat).
-    threshold_scale: multiplies the clipping threshold.
+    b1: first-moment decay. Default 0.9.
+    b2: second-moment decay. Default 0.999.
+    eps: added to sqrt(v_hat). Default 1e-8.
+    threshold_scale: multiplies the clipping threshold. Default 1.0.
 
   Returns:
     An `optax.GradientTransformation`.
 
   References:
-    Pan & Li, arXiv 2306.00204 (official AdamClip, panyan7/adam-vs-sgd).
+    Pan & Li, "Toward Understanding Why Adam Converges Faster Than SGD for Transformers", 2023.
+    https://arxiv.org/abs/2306.00204 ; official code: https://github.com/panyan7/adam-vs-sgd
   """
   _check_fraction(fraction, threshold_scale)
   _checks.check_unit_interval("b1", b1)

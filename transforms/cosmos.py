@@ -121,20 +121,24 @@ def scale_by_cosmos(
   """COSMOS's direction for every matrix leaf (module docstring for the rule).
 
   Args:
-    b1: momentum coefficient (M <- b1 M + G), in [0, 1).
-    b2: decay of the eigenbasis covariance and of V, in [0, 1).
-    eps: added to sqrt(V_hat) and to both Frobenius norms.
+    b1: momentum coefficient (M <- b1 M + G), in [0, 1). Default 0.9.
+    b2: decay of the eigenbasis covariance and of V, in [0, 1). Default 0.999.
+    eps: added to sqrt(V_hat) and to both Frobenius norms. Default 1e-8.
     lr_ratio: the step's RMS relative to the learning rate (official
-      `lr_ratio`: matrix rate over the fallback's rate).
+      `lr_ratio`: matrix rate over the fallback's rate). Default 0.1.
     rank: eigenbasis rank r (static int >= 1), clamped per leaf by
-      `cosmos_rank` (to the fan-in n, and below the fan-out m when m < n).
-    gamma: weight of the Newton–Schulz complement.
-    nesterov: official `nestrov` (static).
-    ns_steps: Newton–Schulz steps (static int >= 1).
+      `cosmos_rank` (to the fan-in n, and below the fan-out m when m < n). Default 64.
+    gamma: weight of the Newton–Schulz complement. Default 0.2.
+    nesterov: official `nestrov` (static). Default True.
+    ns_steps: Newton–Schulz steps (static int >= 1). Default 5.
 
   Returns:
     An `optax.GradientTransformation` with a `ScaleByCosmosState`; vectors
     and scalars raise a ValueError (route them with `matrix_labels`).
+
+  References:
+    Liu et al., "COSMOS: A Hybrid Adaptive Optimizer for Memory-Efficient Training of LLMs", 2025.
+    https://arxiv.org/abs/2502.17410 ; official code: https://github.com/lliu606/COSMOS
 
   Example:
     >>> import jax.numpy as jnp

@@ -59,11 +59,16 @@ def dice_sgd_aggregate(
     feedback_clip_threshold: C2, the absolute clipping norm of the fed-back
       buffer (the official code's C2 flag is the ratio C2 / C1).
     noise_multiplier: sigma; the noise std on the mean is sigma C1 / B.
-    seed: seed of the noise key.
+    seed: seed of the noise key. Default 0.
 
   Returns:
     A transformation mapping per-example gradients to the noisy DiceSGD
     direction v_t + w_t (no batch axis); chain e.g. `optax.sgd` after it.
+
+  References:
+    Zhang, Bu, Wu & Hong, "Differentially Private SGD Without Clipping Bias: An Error-Feedback
+    Approach", ICLR 2024. https://arxiv.org/abs/2311.14632 ; official code:
+    https://github.com/564612540/DiceSGD
   """
   _checks.check_non_negative("clip_threshold", clip_threshold)
   _checks.check_non_negative("feedback_clip_threshold", feedback_clip_threshold)
@@ -114,6 +119,11 @@ def dice_sgd(
   C2 = C1 (ratio 1), batch 1000. Any optax optimizer may replace SGD by
   chaining it after `dice_sgd_aggregate` (the official code also uses Adam).
 
+  References:
+    Zhang, Bu, Wu & Hong, "Differentially Private SGD Without Clipping Bias: An Error-Feedback
+    Approach", ICLR 2024. https://arxiv.org/abs/2311.14632 ; official code:
+    https://github.com/564612540/DiceSGD
+
   Example:
     >>> import jax, jax.numpy as jnp
     >>> tx = dice_sgd(0.1, clip_threshold=1.0, feedback_clip_threshold=1.0,
@@ -142,6 +152,10 @@ def dp_sgd(
 
   The same chain as `optax.contrib.dpsgd`, built with a key instead of its
   deprecated `seed` argument, and with the argument names of `dice_sgd`.
+
+  References:
+    Abadi et al., "Deep Learning with Differential Privacy", CCS 2016.
+    https://arxiv.org/abs/1607.00133
   """
   _checks.check_non_negative("learning_rate", learning_rate)
   _checks.check_non_negative("clip_threshold", clip_threshold)

@@ -87,18 +87,18 @@ def distributed_spsa_step(
     learning_rate: lr, a float or a schedule of `step` (reference default 0.1).
     eps: perturbation size of the central difference (reference default 1e-3).
     num_perturbations: n, projected gradients per device per step (the
-      reference's `gradient_acc_steps`, 30 there; 1 here, as MeZO).
+      reference's `gradient_acc_steps`, 30 there; 1 here, as MeZO). Default 1.
     one_byte: exchange each p as one int8 code (`one_byte_encode`) and apply the
       decoded values; relative error <= exp(1 / (2 one_byte_scale)) - 1 in range.
       A NaN p is sent as 0 (no step along it); without `one_byte` it makes every
-      replica's params NaN. Either way `info` shows it.
-    one_byte_scale: log scale of the codec.
+      replica's params NaN. Either way `info` shows it. Default False.
+    one_byte_scale: log scale of the codec. Default DEFAULT_SCALE.
     normalization: "sqrt" divides the summed steps by sqrt(N), N = M n, as the
       reference does; "mean" divides by N, i.e. the average of the N
-      single-device estimates p z (one MeZO step with an n-SPSA estimate).
-    distribution: "gaussian" (paper) or "rademacher" entries of z.
+      single-device estimates p z (one MeZO step with an n-SPSA estimate). Default "sqrt".
+    distribution: "gaussian" (paper) or "rademacher" entries of z. Default "gaussian".
     axis_name: the mesh axis the data is split over; replicas along other mesh
-      axes repeat the same work.
+      axes repeat the same work. Default "data".
 
   Returns:
     A jitted function. Inputs are placed on the mesh inside it; `step` (an int)
@@ -107,6 +107,14 @@ def distributed_spsa_step(
     twice (pass `jax.device_put(params, NamedSharding(mesh, P()))` to compile
     once). The all-gather carries n float32 (or int8) per device and is the
     step's only collective; the new params are replicated.
+
+  References:
+    Zelikman et al., "Just One Byte (per gradient): A Note on Low-Bandwidth Decentralized Language
+    Model Finetuning Using Shared Randomness", 2023. https://arxiv.org/abs/2306.10015 ; official
+    code: https://github.com/ezelikman/justonebyte
+
+    Malladi et al., "Fine-Tuning Language Models with Just Forward Passes", NeurIPS 2023.
+    https://arxiv.org/abs/2305.17333 ; official code: https://github.com/princeton-nlp/MeZO
 
   Example:
     >>> mesh = jax.make_mesh((jax.device_count(),), ("data",))

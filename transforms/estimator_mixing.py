@@ -47,13 +47,17 @@ def mse_optimal_mixing_weight(
   Args:
     var_first: V_t, total variance E||g_t - E g_t||^2 of the first estimator.
     var_second: V_e, likewise for the second.
-    covariance: C = E<g_t - E g_t, g_e - E g_e>.
-    bias_first_sq: ||b_t||^2 (0 for an unbiased first estimator).
-    bias_second_sq: ||b_e||^2.
-    bias_inner: <b_t, b_e>.
+    covariance: C = E<g_t - E g_t, g_e - E g_e>. Default 0.0.
+    bias_first_sq: ||b_t||^2 (0 for an unbiased first estimator). Default 0.0.
+    bias_second_sq: ||b_e||^2. Default 0.0.
+    bias_inner: <b_t, b_e>. Default 0.0.
 
   Returns:
     The float32 weight; 1/2 when the MSE does not depend on alpha.
+
+  References:
+    Zhu et al., "From Noisy Traces to Stable Gradients: Bias-Variance Optimized Preference
+    Optimization for Aligning Large Reasoning Models", 2025. https://arxiv.org/abs/2510.05095
   """
   numerator = var_second - covariance + bias_second_sq - bias_inner
   denominator = var_first + var_second - 2.0 * covariance + (
@@ -71,6 +75,10 @@ def mixing_weight_from_samples(
   V_t, V_e and C are the unbiased sample estimates summed over every
   coordinate of the trees; the first estimator is taken as unbiased and the
   second's squared bias ||b_e||^2, which samples cannot reveal, is given.
+
+  References:
+    Zhu et al., "From Noisy Traces to Stable Gradients: Bias-Variance Optimized Preference
+    Optimization for Aligning Large Reasoning Models", 2025. https://arxiv.org/abs/2510.05095
   """
 
   def total(fn):
@@ -101,7 +109,11 @@ def mix_gradients(alpha: jax.typing.ArrayLike = 0.5) -> optax.GradientTransforma
   tune it (inject a schedule with `optax.inject_hyperparams`).
 
   Args:
-    alpha: weight of `grads`, in [0, 1].
+    alpha: weight of `grads`, in [0, 1]. Default 0.5.
+
+  References:
+    Zhu et al., "From Noisy Traces to Stable Gradients: Bias-Variance Optimized Preference
+    Optimization for Aligning Large Reasoning Models", 2025. https://arxiv.org/abs/2510.05095
 
   Example:
     >>> import optax, jax.numpy as jnp

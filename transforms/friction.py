@@ -45,9 +45,8 @@ def scale_by_friction(
     A `GradientTransformationExtraArgs`; extra arguments go to `inner`.
 
   References:
-    Dubey et al., diffGrad: An Optimization Method for Convolutional Neural
-    Networks, IEEE TNNLS 2020 (arXiv:1909.11015); official code
-    shivram1987/diffGrad, diffGrad_v2.py.
+    Dubey et al., "diffGrad: An Optimization Method for Convolutional Neural Networks", IEEE TNNLS
+    2020. https://arxiv.org/abs/1909.11015 ; official code: https://github.com/shivram1987/diffGrad
 
   Example:
     >>> import optax

@@ -49,16 +49,17 @@ def scale_by_gsnr_at_init(
   the first finite gradient.
 
   Args:
-    eps: added to the standard deviation.
+    eps: added to the standard deviation. Default 1e-8.
     normalize_by_max: divide every score by the largest over all leaves, as
-      in the paper's Algorithm 1 (the released v1.0.3 code does not).
+      in the paper's Algorithm 1 (the released v1.0.3 code does not). Default False.
 
   Returns:
     An `optax.GradientTransformation`.
 
   References:
-    Xu et al., No More Adam: Learning Rate Scaling at Initialization is All
-    You Need, arXiv 2412.11768, 2024.
+    Xu, Xiang, Cai & Wen, "No More Adam: Learning Rate Scaling at Initialization is All You Need",
+    2024. https://arxiv.org/abs/2412.11768 ; official code:
+    https://github.com/AnonymousAlethiometer/SGD_SaI
 
   Example:
     >>> import jax.numpy as jnp

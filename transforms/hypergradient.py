@@ -42,18 +42,23 @@ def scale_by_hypergradient_lr(
   """Scales `direction`'s output by −η, with η learned online by hypergradient descent.
 
   Args:
-    initial_lr: η₀.
+    initial_lr: η₀. Default 1e-3.
     hyper_lr: β, the hypergradient step (units of lr / gradient²); the paper
-      uses 1e-3 for SGD-HD and 1e-7 for Adam-HD.
+      uses 1e-3 for SGD-HD and 1e-7 for Adam-HD. Default 1e-3.
     direction: the base transformation giving u_t from raw gradients (e.g.
       `optax.scale_by_adam()`, any gradkit direction); None means u_t = g_t
-      (HD-SGD). Extra keyword arguments of `update` are passed on to it.
+      (HD-SGD). Extra keyword arguments of `update` are passed on to it. Default None.
     lr_bounds: (lo, hi) clip of η. The paper does not clip; the default
       lo = 0 only keeps η from turning negative (as FedHyper clips).
 
   Returns:
     A transformation to use as the last element of a chain (it applies the
     sign and the learning rate).
+
+  References:
+    Baydin et al., "Online Learning Rate Adaptation with Hypergradient Descent", ICLR 2018.
+    https://arxiv.org/abs/1703.04782 ; official code:
+    https://github.com/gbaydin/hypergradient-descent
 
   Example:
     >>> import optax

@@ -71,10 +71,14 @@ def scale_by_normalized_igt(eta: jax.typing.ArrayLike = 0.1) -> optax.GradientTr
 
   Args:
     eta: momentum weight eta in (0, 1] (paper: eta_t; a schedule may be
-      injected with `optax.inject_hyperparams`).
+      injected with `optax.inject_hyperparams`). Default 0.1.
 
   Returns:
     An `optax.GradientTransformation`; state: two parameter-sized buffers.
+
+  References:
+    Fatkhullin, Barakat, Kireeva & He, "Stochastic Policy Gradient Methods: Improved Sample
+    Complexity for Fisher-non-degenerate Policies", ICML 2023. https://arxiv.org/abs/2302.01734
 
   Example:
     >>> import optax
@@ -127,14 +131,18 @@ def scale_by_harpg(
   and the output is d_t / ||d_t|| (N-HARPG, `normalize=True`) or d_t (HARPG).
 
   Args:
-    eta: momentum weight eta in (0, 1].
-    normalize: N-HARPG's normalized step (static).
-    seed: seed of the interpolation points q_t.
+    eta: momentum weight eta in (0, 1]. Default 0.1.
+    normalize: N-HARPG's normalized step (static). Default True.
+    seed: seed of the interpolation points q_t. Default 0.
 
   Returns:
     A `GradientTransformationExtraArgs`; state holds two parameter-sized
     buffers (momentum, previous params). Each step costs one HVP (about two
     gradients) on top of the caller's gradient.
+
+  References:
+    Fatkhullin, Barakat, Kireeva & He, "Stochastic Policy Gradient Methods: Improved Sample
+    Complexity for Fisher-non-degenerate Policies", ICML 2023. https://arxiv.org/abs/2302.01734
   """
   _checks.check_positive("eta", eta)
   _checks.check_unit_interval("eta", eta, closed=True)

@@ -84,7 +84,19 @@ def projected_shape(shape: tuple[int, int], rank: Rank, side: Side) -> tuple[int
 def make_projector(
     g: jax.Array, key: jax.Array, rank: Rank, side: Side, kind: Kind
 ) -> jax.Array:
-  """A fresh projector for the (m, n) gradient `g` (float32)."""
+  """A fresh projector for the (m, n) gradient `g` (float32).
+
+  References:
+    Zhao et al., "GaLore: Memory-Efficient LLM Training by Gradient Low-Rank Projection", ICML 2024.
+    https://arxiv.org/abs/2403.03507 ; official code: https://github.com/jiaweizzhao/GaLore
+
+    Zhu et al., "APOLLO: SGD-like Memory, AdamW-level Performance", MLSys 2025.
+    https://arxiv.org/abs/2412.05270 ; official code: https://github.com/zhuhanqing/APOLLO
+
+    Zmushko et al., "FRUGAL: Memory-Efficient Optimization by Reducing State Overhead for Scalable
+    Training", ICML 2025. https://arxiv.org/abs/2411.07837 ; official code:
+    https://github.com/fzmushko/FRUGAL
+  """
   g = g.astype(jnp.float32)
   shape, r, s = g.shape, effective_rank(g.shape, rank), resolve_side(g.shape, side)
   if kind == "svd":
@@ -266,18 +278,29 @@ def project_low_rank(
     inner: the stateful rule run in the subspace (e.g. Adam).
     rank: target rank r (an int, or a function of each leaf's (m, n) view,
       e.g. FRUGAL's round(rho * side)), clamped to [1, min(m, n)] per leaf.
-    update_every: refresh period T of the projectors.
-    kind: "svd", "gaussian" or "orthogonal" (module docstring).
-    side: side rule (module docstring).
-    seed: seed of the random projectors.
-    scale: multiplies inner's mapped-back output (GaLore's alpha).
-    complement: state-free rule on the residual: "sign", "sgd" or None.
-    complement_scale: multiplies the complement's output.
-    reset_on_refresh: re-initialise inner's state at each refresh.
+    update_every: refresh period T of the projectors. Default 200.
+    kind: "svd", "gaussian" or "orthogonal" (module docstring). Default "svd".
+    side: side rule (module docstring). Default "std".
+    seed: seed of the random projectors. Default 0.
+    scale: multiplies inner's mapped-back output (GaLore's alpha). Default 1.0.
+    complement: state-free rule on the residual: "sign", "sgd" or None. Default None.
+    complement_scale: multiplies the complement's output. Default 1.0.
+    reset_on_refresh: re-initialise inner's state at each refresh. Default False.
 
   Returns:
     An `optax.GradientTransformation` acting on matrix leaves only; vectors
     and scalars raise a ValueError (route them with `matrix_labels`).
+
+  References:
+    Zhao et al., "GaLore: Memory-Efficient LLM Training by Gradient Low-Rank Projection", ICML 2024.
+    https://arxiv.org/abs/2403.03507 ; official code: https://github.com/jiaweizzhao/GaLore
+
+    Zhu et al., "APOLLO: SGD-like Memory, AdamW-level Performance", MLSys 2025.
+    https://arxiv.org/abs/2412.05270 ; official code: https://github.com/zhuhanqing/APOLLO
+
+    Zmushko et al., "FRUGAL: Memory-Efficient Optimization by Reducing State Overhead for Scalable
+    Training", ICML 2025. https://arxiv.org/abs/2411.07837 ; official code:
+    https://github.com/fzmushko/FRUGAL
   """
   check_projection_options(rank, update_every, side, kind)
   if complement not in _COMPLEMENTS:

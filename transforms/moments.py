@@ -101,11 +101,11 @@ def scale_by_adan_official(
   in u (optax PR #1715); the two agree only at b2 = 0.5.
 
   Args:
-    b1: decay rate of the gradient moment, in [0, 1).
+    b1: decay rate of the gradient moment, in [0, 1). Default 0.98.
     b2: decay rate of the gradient-difference moment, in [0, 1); also the
-      weight of d in the Nesterov term and in u.
-    b3: decay rate of the squared Nesterov term, in [0, 1).
-    eps: added to sqrt(n_hat).
+      weight of d in the Nesterov term and in u. Default 0.92.
+    b3: decay rate of the squared Nesterov term, in [0, 1). Default 0.99.
+    eps: added to sqrt(n_hat). Default 1e-8.
 
   Returns:
     An `optax.GradientTransformation` with a `ScaleByAdanOfficialState`.
@@ -175,9 +175,9 @@ def scale_by_rectified_belief(
   the direction is `optax.scale_by_belief` itself.
 
   Args:
-    b1: decay rate of the gradient moment, in [0, 1).
-    b2: decay rate of the belief moment, in [0, 1).
-    eps: added inside s and to sqrt(s).
+    b1: decay rate of the gradient moment, in [0, 1). Default 0.9.
+    b2: decay rate of the belief moment, in [0, 1). Default 0.999.
+    eps: added inside s and to sqrt(s). Default 1e-16.
 
   Returns:
     An `optax.GradientTransformation` with an `optax.ScaleByBeliefState`.
@@ -230,17 +230,19 @@ def scale_by_adam_eps_before_correction(
   `optax.scale_by_adam`'s own; only the final division differs.
 
   Args:
-    b1: decay rate of the first moment, in [0, 1).
-    b2: decay rate of the second moment, in [0, 1).
-    eps: added to the uncorrected sqrt(v).
+    b1: decay rate of the first moment, in [0, 1). Default 0.9.
+    b2: decay rate of the second moment, in [0, 1). Default 0.999.
+    eps: added to the uncorrected sqrt(v). Default 1e-8.
 
   Returns:
     An `optax.GradientTransformation` with an `optax.ScaleByAdamState`.
 
   References:
-    Kingma and Ba, Adam: A Method for Stochastic Optimization, ICLR 2015
-    (Algorithm 1, last paragraph of Section 2). Dubey et al., diffGrad, IEEE
-    TNNLS 2020 (official code: shivram1987/diffGrad).
+    Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015.
+    https://arxiv.org/abs/1412.6980
+
+    Dubey et al., "diffGrad: An Optimization Method for Convolutional Neural Networks", IEEE TNNLS
+    2020. https://arxiv.org/abs/1909.11015 ; official code: https://github.com/shivram1987/diffGrad
 
   Example:
     >>> import jax.numpy as jnp
@@ -275,17 +277,17 @@ def scale_by_adam_lookahead(
   `optax.scale_by_adam`'s own.
 
   Args:
-    b1: decay rate of the first moment, in [0, 1).
-    b2: decay rate of the second moment, in [0, 1).
-    eps: added to sqrt(v_hat).
+    b1: decay rate of the first moment, in [0, 1). Default 0.9.
+    b2: decay rate of the second moment, in [0, 1). Default 0.999.
+    eps: added to sqrt(v_hat). Default 1e-8.
 
   Returns:
     An `optax.GradientTransformation` with an `optax.ScaleByAdamState`.
 
   References:
-    Heo et al., AdamP: Slowing Down the Slowdown for Momentum Optimizers on
-    Scale-invariant Weights, ICLR 2021 (arXiv:2006.08217); official code
-    clovaai/AdamP.
+    Heo et al., "AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant
+    Weights", ICLR 2021. https://arxiv.org/abs/2006.08217 ; official code:
+    https://github.com/clovaai/AdamP
 
   Example:
     >>> import jax.numpy as jnp
@@ -322,17 +324,17 @@ def trace_with_dampening(
 
   Args:
     decay: the momentum coefficient, in [0, 1).
-    dampening: how much of g is held back from the buffer, in [0, 1].
-    nesterov: output g + decay buf instead of buf (static).
+    dampening: how much of g is held back from the buffer, in [0, 1]. Default 0.0.
+    nesterov: output g + decay buf instead of buf (static). Default False.
 
   Returns:
     An `optax.GradientTransformation` with an `optax.TraceState`; the buffer
     keeps the params' dtype.
 
   References:
-    Heo et al., AdamP: Slowing Down the Slowdown for Momentum Optimizers on
-    Scale-invariant Weights, ICLR 2021 (arXiv:2006.08217); official code
-    clovaai/AdamP.
+    Heo et al., "AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant
+    Weights", ICLR 2021. https://arxiv.org/abs/2006.08217 ; official code:
+    https://github.com/clovaai/AdamP
 
   Example:
     >>> import jax.numpy as jnp
@@ -380,9 +382,9 @@ def ema_from_first_update(
     buffer keeps the params' dtype.
 
   References:
-    Xu et al., No More Adam: Learning Rate Scaling at Initialization is All
-    You Need, arXiv 2412.11768, 2024 (official code:
-    AnonymousAlethiometer/SGD_SaI).
+    Xu, Xiang, Cai & Wen, "No More Adam: Learning Rate Scaling at Initialization is All You Need",
+    2024. https://arxiv.org/abs/2412.11768 ; official code:
+    https://github.com/AnonymousAlethiometer/SGD_SaI
   """
   _checks.check_unit_interval("decay", decay)
 
@@ -414,7 +416,9 @@ def scale_by_adabelief(
   The one place gradkit chooses between them (`adabelief`, `adabelief8bit`).
 
   References:
-    Zhuang et al., AdaBelief Optimizer, NeurIPS 2020.
+    Zhuang et al., "AdaBelief Optimizer: Adapting Stepsizes by the Belief in Observed Gradients",
+    NeurIPS 2020. https://arxiv.org/abs/2010.07468 ; official code:
+    https://github.com/juntang-zhuang/Adabelief-Optimizer
   """
   if rectify:
     return scale_by_rectified_belief(b1, b2, eps)
@@ -440,7 +444,7 @@ def debiased_ema(
 
   Args:
     decay: the momentum coefficient, in [0, 1).
-    nesterov: add the look-ahead (static).
+    nesterov: add the look-ahead (static). Default True.
 
   Returns:
     An `optax.GradientTransformation` with an `optax.EmaState`; the

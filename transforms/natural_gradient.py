@@ -84,15 +84,17 @@ def precondition_natural_fisher(
   `gradkit.transforms.low_rank.project_low_rank`, on the r x r cores.
 
   Args:
-    history: s, how many recent updates the Fisher keeps (static int >= 1).
-    damping: lambda > 0 (official: 1e-3, hard-coded).
+    history: s, how many recent updates the Fisher keeps (static int >= 1). Default 20.
+    damping: lambda > 0 (official: 1e-3, hard-coded). Default 1e-3.
 
   Returns:
     An `optax.GradientTransformation` with a `PreconditionNaturalFisherState`;
     memory s * size floats per leaf.
 
   References:
-    A. Das, Natural GaLore, arXiv 2410.16029, 2024 (Section 3, Woodbury).
+    Das, "Natural GaLore: Accelerating GaLore for memory-efficient LLM Training and Fine-tuning",
+    2024. https://arxiv.org/abs/2410.16029 ; official code:
+    https://github.com/selfsupervised-ai/Natural-GaLore
 
   Example:
     >>> import jax.numpy as jnp

@@ -66,6 +66,12 @@ def newton_schulz_orthogonalize(
 
   X <- X / (||X||_F + eps); then `steps` times X <- a X + (b A + c A^2) X
   with A = X X^T, on the orientation whose Gram matrix is smaller.
+
+  References:
+    Jordan et al., "Muon: An optimizer for hidden layers in neural networks", blog post, 2024.
+    https://kellerjordan.github.io/posts/muon/ ; official code: https://github.com/KellerJordan/Muon
+
+    Liu et al., "Muon is Scalable for LLM Training", 2025. https://arxiv.org/abs/2502.16982
   """
   return _quintic(x, tuple(coefficients), steps, eps)
 
@@ -88,6 +94,10 @@ def newton_schulz_whiten(x: jax.Array, steps: int = 10, eps: float = 1e-8) -> ja
   A = G G^T is scaled by ||A||_F (+ eps) so its eigenvalues lie in (0, 1];
   Z_k -> (A / ||A||_F)^{-1/2}. Tall inputs are whitened from the right
   (G (G^T G)^{-1/2}), which gives the same polar factor with a smaller Gram.
+
+  References:
+    Ma, Gong, Scetbon & Meeds, "SWAN: SGD with Normalization and Whitening Enables Stateless LLM
+    Training", ICML 2025. https://arxiv.org/abs/2412.13148
   """
   return _coupled(x, steps, eps)
 
@@ -101,6 +111,12 @@ def orthogonalize_newton_schulz(
 
   Acts on the 2-D view of each leaf (see `gradkit.transforms.matrix_view`);
   vectors and scalars raise a ValueError. Computed in float32 or wider.
+
+  References:
+    Jordan et al., "Muon: An optimizer for hidden layers in neural networks", blog post, 2024.
+    https://kellerjordan.github.io/posts/muon/ ; official code: https://github.com/KellerJordan/Muon
+
+    Liu et al., "Muon is Scalable for LLM Training", 2025. https://arxiv.org/abs/2502.16982
   """
   _check_steps(ns_steps)
   _checks.check_non_negative("eps", eps)
@@ -113,7 +129,12 @@ def orthogonalize_newton_schulz(
 
 
 def whiten_newton_schulz(ns_steps: int = 10, eps: float = 1e-8) -> optax.GradientTransformation:
-  """State-free: every matrix update G -> (G G^T)^{-1/2} G (SWAN's GradWhitening)."""
+  """State-free: every matrix update G -> (G G^T)^{-1/2} G (SWAN's GradWhitening).
+
+  References:
+    Ma, Gong, Scetbon & Meeds, "SWAN: SGD with Normalization and Whitening Enables Stateless LLM
+    Training", ICML 2025. https://arxiv.org/abs/2412.13148
+  """
   _check_steps(ns_steps)
   _checks.check_non_negative("eps", eps)
   return stateless_matrix_transform(

@@ -69,6 +69,10 @@ def sinkhorn_normalize(
   in the paper: rows to norm sqrt(n), then columns to norm sqrt(m). It is the
   Sinkhorn–Knopp iteration on x**2, so the first normalization holds only as
   the iterations grow (the second holds exactly after every round).
+
+  References:
+    Scetbon, Ma, Gong & Meeds, "Gradient Multi-Normalization for Stateless and Scalable LLM
+    Training", 2025. https://arxiv.org/abs/2502.06742
   """
   other = 1 - axis
 
@@ -87,14 +91,18 @@ def normalize_axis(
   Args:
     axis: the axis of the 2-D view reduced over (static). 0: one scale per
       column, i.e. per output unit of a Flax kernel (in, out) over its fan-in;
-      for an `nn.Embed` table (vocab, d), per feature over the vocabulary.
+      for an `nn.Embed` table (vocab, d), per feature over the vocabulary. Default 0.
     center: subtract the slice mean first, dividing by the standard deviation
-      (SWAN's GradNorm) instead of the RMS (SCALE).
-    eps: lower clamp on the RMS / standard deviation.
+      (SWAN's GradNorm) instead of the RMS (SCALE). Default False.
+    eps: lower clamp on the RMS / standard deviation. Default 1e-8.
 
   Returns:
     An `optax.GradientTransformation` with an `optax.EmptyState`; leaves with
     ndim < 2 raise a ValueError naming them. Computed in float32 or wider.
+
+  References:
+    Ma, Gong, Scetbon & Meeds, "SWAN: SGD with Normalization and Whitening Enables Stateless LLM
+    Training", ICML 2025. https://arxiv.org/abs/2412.13148
 
   Example:
     >>> import jax.numpy as jnp
@@ -115,15 +123,19 @@ def normalize_sinkhorn(
   """State-free: every matrix update -> `sinkhorn_normalize` of its 2-D view.
 
   Args:
-    num_iterations: rounds L of the alternation (static int >= 1).
+    num_iterations: rounds L of the alternation (static int >= 1). Default 5.
     axis: the axis normalized first in each round (static). 0 on a Flax
       kernel (in, out) matches the paper's PyTorch (out, in) layout: each
-      output unit over its inputs first, then each input over the outputs.
-    eps: lower clamp on every RMS.
+      output unit over its inputs first, then each input over the outputs. Default 0.
+    eps: lower clamp on every RMS. Default 1e-8.
 
   Returns:
     An `optax.GradientTransformation` with an `optax.EmptyState`; leaves with
     ndim < 2 raise a ValueError naming them. Computed in float32 or wider.
+
+  References:
+    Scetbon, Ma, Gong & Meeds, "Gradient Multi-Normalization for Stateless and Scalable LLM
+    Training", 2025. https://arxiv.org/abs/2502.06742
   """
   _check_iterations(num_iterations)
   _check_axis(axis)

@@ -41,7 +41,17 @@ def svd_frame(matrix: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def nuclear_norm_subgradient(matrix: jax.Array, truncation: Truncation | None = None) -> jax.Array:
-  """U_k V_k^T (float32) for the components k that `truncation(s)` keeps (all if None)."""
+  """U_k V_k^T (float32) for the components k that `truncation(s)` keeps (all if None).
+
+  References:
+    Xu et al., "TRP: Trained Rank Pruning for Efficient Deep Neural Networks", IJCAI 2020.
+    https://arxiv.org/abs/2004.14566 ; official code:
+    https://github.com/yuhuixu1993/Trained-Rank-Pruning
+
+    Hu et al., "SaRA: High-Efficient Diffusion Model Fine-tuning with Progressive Sparse Low-Rank
+    Adaptation", ICLR 2025. https://arxiv.org/abs/2409.06633 ; official code:
+    https://github.com/sjtuplayer/SaRA
+  """
   frame, sigma = svd_frame(matrix)
   keep = jnp.ones_like(sigma) if truncation is None else truncation(sigma).astype(jnp.float32)
   return project_back(jnp.diag(keep), frame, "full", matrix.shape)
@@ -74,9 +84,18 @@ def add_nuclear_norm_subgradient(
   Args:
     weight: lambda >= 0.
     every: add the term when count % every == 0 (static int >= 1; TRP adds
-      it on its projection steps).
-    truncation: sigma -> bool mask of kept components (None: all).
-    min_dim: matrices whose smaller side is <= min_dim are skipped (static).
+      it on its projection steps). Default 1.
+    truncation: sigma -> bool mask of kept components (None: all). Default None.
+    min_dim: matrices whose smaller side is <= min_dim are skipped (static). Default 0.
+
+  References:
+    Xu et al., "TRP: Trained Rank Pruning for Efficient Deep Neural Networks", IJCAI 2020.
+    https://arxiv.org/abs/2004.14566 ; official code:
+    https://github.com/yuhuixu1993/Trained-Rank-Pruning
+
+    Hu et al., "SaRA: High-Efficient Diffusion Model Fine-tuning with Progressive Sparse Low-Rank
+    Adaptation", ICLR 2025. https://arxiv.org/abs/2409.06633 ; official code:
+    https://github.com/sjtuplayer/SaRA
   """
   _checks.check_non_negative("weight", weight)
   if isinstance(every, bool) or not isinstance(every, int) or every < 1:

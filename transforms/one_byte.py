@@ -39,7 +39,13 @@ _C_MAX = 63
 
 
 def one_byte_encode(p: jax.typing.ArrayLike, scale: float = DEFAULT_SCALE) -> jax.Array:
-  """int8 codes of `p` (any shape): sign(p) * (clip(round(scale ln|p|), -63, 63) + 64)."""
+  """int8 codes of `p` (any shape): sign(p) * (clip(round(scale ln|p|), -63, 63) + 64).
+
+  References:
+    Zelikman et al., "Just One Byte (per gradient): A Note on Low-Bandwidth Decentralized Language
+    Model Finetuning Using Shared Randomness", 2023. https://arxiv.org/abs/2306.10015 ; official
+    code: https://github.com/ezelikman/justonebyte
+  """
   _checks.check_positive("scale", scale)
   p = jnp.asarray(p, jnp.float32)
   magnitude = jnp.abs(p)
@@ -51,7 +57,13 @@ def one_byte_encode(p: jax.typing.ArrayLike, scale: float = DEFAULT_SCALE) -> ja
 
 
 def one_byte_decode(code: jax.typing.ArrayLike, scale: float = DEFAULT_SCALE) -> jax.Array:
-  """float32 values of int8 `code`s: sign(code) * exp((|code| - 64) / scale); 0 -> 0."""
+  """float32 values of int8 `code`s: sign(code) * exp((|code| - 64) / scale); 0 -> 0.
+
+  References:
+    Zelikman et al., "Just One Byte (per gradient): A Note on Low-Bandwidth Decentralized Language
+    Model Finetuning Using Shared Randomness", 2023. https://arxiv.org/abs/2306.10015 ; official
+    code: https://github.com/ezelikman/justonebyte
+  """
   _checks.check_positive("scale", scale)
   code = jnp.asarray(code).astype(jnp.int32)
   level = jnp.minimum(jnp.abs(code), _OFFSET + _C_MAX) - _OFFSET

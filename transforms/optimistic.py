@@ -42,6 +42,10 @@ def scale_by_optimistic_omd() -> optax.GradientTransformation:
   is 2 g_1 rather than optax's g_1; afterwards the two are identical. Chain
   with `optax.scale_by_learning_rate(eta)`. State: the previous gradient.
 
+  References:
+    Chen, Zhang, Tu, Zhao & Zhang, "Optimistic Online Mirror Descent for Bridging Stochastic and
+    Adversarial Online Convex Optimization", ICML 2023. https://arxiv.org/abs/2302.04552
+
   Example:
     >>> import optax
     >>> tx = optax.chain(scale_by_optimistic_omd(), optax.scale_by_learning_rate(0.1))
@@ -82,11 +86,15 @@ def optimistic_multiplicative_weights(
   the complete optimizer.
 
   Args:
-    learning_rate: eta, a float or an optax schedule of the step count.
-    axis: the simplex axis of every leaf (static).
+    learning_rate: eta, a float or an optax schedule of the step count. Default 0.1.
+    axis: the simplex axis of every leaf (static). Default -1.
 
   Returns:
     An `optax.GradientTransformation` that needs `params` in `update`.
+
+  References:
+    Chen, Zhang, Tu, Zhao & Zhang, "Optimistic Online Mirror Descent for Bridging Stochastic and
+    Adversarial Online Convex Optimization", ICML 2023. https://arxiv.org/abs/2302.04552
   """
   _checks.check_non_negative("learning_rate", learning_rate)
 

@@ -51,7 +51,9 @@ def dynamic_map(signed: bool) -> np.ndarray:
     A numpy float32 array of 256 strictly increasing values.
 
   References:
-    Dettmers et al., 8-bit Optimizers via Block-wise Quantization, ICLR 2022.
+    Dettmers et al., "8-bit Optimizers via Block-wise Quantization", ICLR 2022.
+    https://arxiv.org/abs/2110.02861 ; official code:
+    https://github.com/bitsandbytes-foundation/bitsandbytes
   """
   data = [np.float32(0.0), np.float32(1.0)]
   for i in range(_EXPONENT_BITS):
@@ -87,14 +89,16 @@ def quantize_blockwise(
   Args:
     x: array of any shape; it is quantized in float32.
     code: sorted code book with values in [-1, 1], e.g. `dynamic_map(signed)`.
-    block_size: elements per block (paper: 2048; bitsandbytes >= 0.44: 256).
+    block_size: elements per block (paper: 2048; bitsandbytes >= 0.44: 256). Default 2048.
 
   Returns:
     `(codes, absmax)`: uint8 codes of the shape of `x` and float32 absmax of
     shape `(ceil(x.size / block_size),)` (one block for an empty `x`).
 
   References:
-    Dettmers et al., 8-bit Optimizers via Block-wise Quantization, ICLR 2022.
+    Dettmers et al., "8-bit Optimizers via Block-wise Quantization", ICLR 2022.
+    https://arxiv.org/abs/2110.02861 ; official code:
+    https://github.com/bitsandbytes-foundation/bitsandbytes
   """
   x = jnp.asarray(x)
   size = x.size
@@ -173,14 +177,16 @@ def dequantize_blockwise(
     absmax: float32 per-block scales from `quantize_blockwise`.
     code: the code book used to quantize.
     shape: shape of the restored array.
-    dtype: dtype of the restored array (computed in float32, then cast).
-    block_size: the block size used to quantize.
+    dtype: dtype of the restored array (computed in float32, then cast). Default jnp.float32.
+    block_size: the block size used to quantize. Default 2048.
 
   Returns:
     The dequantized array of `shape` and `dtype`.
 
   References:
-    Dettmers et al., 8-bit Optimizers via Block-wise Quantization, ICLR 2022.
+    Dettmers et al., "8-bit Optimizers via Block-wise Quantization", ICLR 2022.
+    https://arxiv.org/abs/2110.02861 ; official code:
+    https://github.com/bitsandbytes-foundation/bitsandbytes
   """
   size = math.prod(shape)
   num_blocks = _num_blocks(size, block_size)

@@ -165,19 +165,22 @@ def quantized(
 
   Args:
     inner: any optax transformation (its state is held as described).
-    block_size: elements per absmax block (bitsandbytes >= 0.44: 256; paper: 2048).
-    min_size: parameters with fewer elements keep float32 state (official: 4096).
-    keep_fp32: which parameters keep float32 state (see above).
-    unsigned_fields: state field names quantized with the unsigned map.
+    block_size: elements per absmax block (bitsandbytes >= 0.44: 256; paper: 2048). Default 256.
+    min_size: parameters with fewer elements keep float32 state (official: 4096). Default 4096.
+    keep_fp32: which parameters keep float32 state (see above). Default None.
+    unsigned_fields: state field names quantized with the unsigned map. Default ("nu",).
     elementwise: whether `inner` is element-wise (enables chunked requantizing on CPU).
+      Default False.
     chunk_size: elements per chunk on the chunked path (rounded down to a
-      whole number of blocks dividing the parameter's blocks).
+      whole number of blocks dividing the parameter's blocks). Default 65536.
 
   Returns:
     An `optax.GradientTransformationExtraArgs` with a `QuantizedState`.
 
   References:
-    Dettmers et al., 8-bit Optimizers via Block-wise Quantization, ICLR 2022.
+    Dettmers et al., "8-bit Optimizers via Block-wise Quantization", ICLR 2022.
+    https://arxiv.org/abs/2110.02861 ; official code:
+    https://github.com/bitsandbytes-foundation/bitsandbytes
   """
   for name, value, low in (
       ("block_size", block_size, 1), ("min_size", min_size, 0), ("chunk_size", chunk_size, 1)

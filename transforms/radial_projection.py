@@ -91,21 +91,21 @@ def project_radial(
   Args:
     inner: the direction transform (e.g. optax.scale_by_adam); it receives
       the raw gradient this transform receives.
-    delta: threshold of the cosine test.
-    wd_ratio: weight-decay factor on leaves where a view fired.
-    eps: guards the norms in the cosine and in p_hat.
-    weight_decay: decoupled decay coefficient, float or schedule.
+    delta: threshold of the cosine test. Default 0.1.
+    wd_ratio: weight-decay factor on leaves where a view fired. Default 0.1.
+    eps: guards the norms in the cosine and in p_hat. Default 1e-8.
+    weight_decay: decoupled decay coefficient, float or schedule. Default 0.0.
     mask: tree or callable selecting the leaves that get weight decay (the
-      projection applies to every leaf with ndim > 1 regardless).
-    channel_axis: static index of the output-channel axis.
+      projection applies to every leaf with ndim > 1 regardless). Default None (every leaf).
+    channel_axis: static index of the output-channel axis. Default -1.
 
   Returns:
     A `GradientTransformationExtraArgs`; extra arguments go to `inner`.
 
   References:
-    Heo et al., AdamP: Slowing Down the Slowdown for Momentum Optimizers on
-    Scale-invariant Weights, ICLR 2021 (arXiv:2006.08217); official code
-    clovaai/AdamP.
+    Heo et al., "AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant
+    Weights", ICLR 2021. https://arxiv.org/abs/2006.08217 ; official code:
+    https://github.com/clovaai/AdamP
 
   Example:
     >>> import optax

@@ -111,12 +111,17 @@ def restrict_to_small_weights(
   Args:
     inner: the rule on the trainable entries (SaRA: AdamW, e.g.
       `gradkit.optimizers._recipe.descend(optax.scale_by_adam(), ...)`).
-    threshold: trainable where |w| < threshold (official 2e-3).
-    max_fraction: k = ceil(max_fraction * size) positions per leaf (static).
+    threshold: trainable where |w| < threshold (official 2e-3). Default 2e-3.
+    max_fraction: k = ceil(max_fraction * size) positions per leaf (static). Default 0.05.
     refine_at: re-select the set when this many steps have been taken
-      (official 2500 of 5005), or None for never.
-    nuclear_weight: lambda of the low-rank penalty (official 5e-4).
-    min_dim: 2-D leaves with min(m, n) > min_dim get the penalty (static).
+      (official 2500 of 5005), or None for never. Default None.
+    nuclear_weight: lambda of the low-rank penalty (official 5e-4). Default 0.0.
+    min_dim: 2-D leaves with min(m, n) > min_dim get the penalty (static). Default 64.
+
+  References:
+    Hu et al., "SaRA: High-Efficient Diffusion Model Fine-tuning with Progressive Sparse Low-Rank
+    Adaptation", ICLR 2025. https://arxiv.org/abs/2409.06633 ; official code:
+    https://github.com/sjtuplayer/SaRA
   """
   _checks.check_positive("threshold", threshold)
   _checks.check_non_negative("nuclear_weight", nuclear_weight)

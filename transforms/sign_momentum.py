@@ -25,10 +25,10 @@ def scale_by_sign_momentum(
 
   Args:
     b1: interpolation weight of the momentum inside the sign, in [0, 1) as
-      the official code checks.
-    b2: decay rate of the momentum, in [0, 1).
+      the official code checks. Default 0.9.
+    b2: decay rate of the momentum, in [0, 1). Default 0.99.
     mu_dtype: dtype of the momentum (e.g. `jnp.bfloat16`); `None` keeps the
-      parameters' dtype.
+      parameters' dtype. Default None.
 
   Returns:
     An `optax.GradientTransformation`.

@@ -45,6 +45,11 @@ def truncation_mask(
   Component i is kept if i < rank and the energy of the components before it,
   sum_{j<i} s_j^2 / sum_j s_j^2, is below `energy` (so the kept ones are the
   fewest reaching the fraction; the first is always kept).
+
+  References:
+    Xu et al., "TRP: Trained Rank Pruning for Efficient Deep Neural Networks", IJCAI 2020.
+    https://arxiv.org/abs/2004.14566 ; official code:
+    https://github.com/yuhuixu1993/Trained-Rank-Pruning
   """
   index = jnp.arange(sigma.shape[0])
   keep = jnp.ones(sigma.shape, bool)
@@ -94,10 +99,15 @@ def project_trained_rank(
   a move onto the truncated SVD of the stepped weights. Needs `params`.
 
   Args:
-    rank: keep at most this many components (static int >= 1, or None).
+    rank: keep at most this many components (static int >= 1, or None). Default None.
     energy: keep the fewest components holding this fraction of sum(s^2)
       (official default 0.9), or None.
-    every: projection period m (static int >= 1).
+    every: projection period m (static int >= 1). Default 1.
+
+  References:
+    Xu et al., "TRP: Trained Rank Pruning for Efficient Deep Neural Networks", IJCAI 2020.
+    https://arxiv.org/abs/2004.14566 ; official code:
+    https://github.com/yuhuixu1993/Trained-Rank-Pruning
   """
   check_truncation(rank, energy)
   if isinstance(every, bool) or not isinstance(every, int) or every < 1:

@@ -65,7 +65,12 @@ def _label_order(labels: Any) -> list[str]:
 
 
 def module_dissimilarity(grads_a: Any, grads_b: Any, labels: Any) -> dict[str, jax.Array]:
-  """phi_j = 1 - cos(g_a^(j), g_b^(j)) per label j, over all leaves with that label."""
+  """phi_j = 1 - cos(g_a^(j), g_b^(j)) per label j, over all leaves with that label.
+
+  References:
+    Xue et al., "Large-batch Optimization for Dense Visual Predictions", NeurIPS 2022.
+    https://arxiv.org/abs/2210.11078 ; official code: https://github.com/Sense-X/AGVM
+  """
   totals: dict[str, list[jax.Array]] = {}
   for a, b, label in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b),
                          jax.tree.leaves(labels)):
@@ -84,6 +89,10 @@ def precondition_like_adam(
 
   `nu` is Adam's second moment before this step (e.g. `optax.adam`'s
   `ScaleByAdamState.nu`), broadcast over the leading worker axis.
+
+  References:
+    Xue et al., "Large-batch Optimization for Dense Visual Predictions", NeurIPS 2022.
+    https://arxiv.org/abs/2210.11078 ; official code: https://github.com/Sense-X/AGVM
   """
   return jax.tree.map(lambda g, v: g / (jnp.sqrt(b2 * v + (1 - b2) * g * g) + eps),
                       worker_grads, nu)
@@ -105,16 +114,20 @@ def scale_by_agvm(
       params -> such a tree (optax.partition semantics); one label per module.
     reference_label: the label whose variance the others are matched to (the
       backbone; its factor stays 1).
-    momentum: mu of the moving average of the ratios (official 0.97).
-    update_interval: refresh period of the factors (static; official hook 5).
-    start_step: first step of AGVM, after warmup (static; official hook 500).
+    momentum: mu of the moving average of the ratios (official 0.97). Default 0.97.
+    update_interval: refresh period of the factors (static; official hook 5). Default 5.
+    start_step: first step of AGVM, after warmup (static; official hook 500). Default 500.
     stop_step: last step (inclusive) of AGVM, None for never (static); after
-      it the updates are left unscaled, as in the official hook.
-    ratio_bounds: (lo, hi) clip of the variance ratio before the square root.
+      it the updates are left unscaled, as in the official hook. Default None.
+    ratio_bounds: (lo, hi) clip of the variance ratio before the square root. Default (0.5, 10.0).
 
   Returns:
     A transformation whose `update` needs `worker_grads=` (leading axis K,
     even, >= 2).
+
+  References:
+    Xue et al., "Large-batch Optimization for Dense Visual Predictions", NeurIPS 2022.
+    https://arxiv.org/abs/2210.11078 ; official code: https://github.com/Sense-X/AGVM
   """
   _checks.check_unit_interval("momentum", momentum)
   for name, value in (("update_interval", update_interval), ("start_step", start_step)):

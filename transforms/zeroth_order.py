@@ -57,6 +57,10 @@ def small_magnitude_mask(params: Any, fraction: jax.typing.ArrayLike) -> Any:
   [[0, 1, 1], [0, 1, 0]]. Per-layer thresholds are gradkit's documented
   choice; the paper's granularity (per layer or global) could not be checked
   against an official code. `fraction` may be traced.
+
+  References:
+    Liu et al., "Sparse MeZO: Less Parameters for Better Performance in Zeroth-Order LLM
+    Fine-Tuning", 2024. https://arxiv.org/abs/2402.15751
   """
 
   def leaf_mask(p):
@@ -90,6 +94,10 @@ def spsa_gradient(
   Accumulated in float32. Functional: theta +- eps z_i are new arrays beside
   theta, so a jitted step holds several parameter-sized arrays at its peak;
   `gradkit.optimizers.mezo_step` runs MeZO in place at inference memory.
+
+  References:
+    Malladi et al., "Fine-Tuning Language Models with Just Forward Passes", NeurIPS 2023.
+    https://arxiv.org/abs/2305.17333 ; official code: https://github.com/princeton-nlp/MeZO
   """
 
   def term(i):
@@ -124,15 +132,19 @@ def estimate_spsa_gradient(
     num_perturbations: n, directions averaged per step (static int; None
       means 1, the paper's default, and stays untouched by
       `optax.inject_hyperparams`).
-    distribution: "gaussian" (MeZO) or "rademacher" entries of z (static).
+    distribution: "gaussian" (MeZO) or "rademacher" entries of z (static). Default "gaussian".
     seed: seed of the directions; the key is carried in the state, so the
-      same seed gives the same trajectory.
+      same seed gives the same trajectory. Default 0.
     mask_fn: optional params -> bool tree; z becomes mask (.) z everywhere
       (Sparse MeZO with `small_magnitude_mask`). A callable: under
-      `optax.inject_hyperparams` pass it through `static_args`.
+      `optax.inject_hyperparams` pass it through `static_args`. Default None.
 
   Returns:
     A GradientTransformationExtraArgs with `EstimateSpsaGradientState`.
+
+  References:
+    Malladi et al., "Fine-Tuning Language Models with Just Forward Passes", NeurIPS 2023.
+    https://arxiv.org/abs/2305.17333 ; official code: https://github.com/princeton-nlp/MeZO
 
   Example:
     >>> import optax, jax.numpy as jnp
