@@ -1,31 +1,29 @@
-"""gradkit: composable optax gradient transformations for optimizer research."""
+"""gradkit: composable optax gradient transformations for optimizer research.
 
-from gradkit import (
-    batch_size,
-    implicit,
-    layers,
-    optimizers,
-    privacy,
-    regularizers,
-    schedules,
-    second_order,
-    transforms,
-)
-from gradkit.memory import state_nbytes
-from gradkit.registry import create, names
+Every public name is imported on first use (PEP 562, see `gradkit._lazy`):
+`import gradkit` loads no submodule, so jax, flax, jaxopt and scipy are
+imported only by the parts that need them.
+"""
 
-__all__ = [
-    "batch_size",
-    "create",
-    "implicit",
-    "layers",
-    "names",
-    "optimizers",
-    "privacy",
-    "regularizers",
-    "schedules",
-    "second_order",
-    "state_nbytes",
-    "transforms",
-]
+from gradkit import _lazy
+
 __version__ = "0.1.0"
+
+__getattr__, __dir__, __all__ = _lazy.attach(
+    __name__,
+    {
+        "memory": ["state_nbytes"],
+        "registry": ["create", "names"],
+    },
+    [
+        "batch_size",
+        "implicit",
+        "layers",
+        "optimizers",
+        "privacy",
+        "regularizers",
+        "schedules",
+        "second_order",
+        "transforms",
+    ],
+)

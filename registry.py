@@ -1,8 +1,15 @@
-"""Name -> factory registry behind `gradkit.create` and `gradkit.names`."""
+"""Name -> factory registry behind `gradkit.create` and `gradkit.names`.
+
+The built-in optimizers register themselves when their modules are imported;
+the packages are lazy, so `names`, `get_factory` and `create` import every
+module of `_BUILTIN_PACKAGES` on first use.
+"""
 
 from __future__ import annotations
 
 import difflib
+import importlib
+import pkgutil
 from collections.abc import Callable
 from typing import Any
 
@@ -11,12 +18,36 @@ import optax
 Factory = Callable[..., optax.GradientTransformation]
 
 _FACTORIES: dict[str, Factory] = {}
+_BUILTIN_PACKAGES = ("gradkit.optimizers", "gradkit.second_order")
+_builtins_loaded = False
+
+
+def _load_builtins() -> None:
+  """Imports every public module of `_BUILTIN_PACKAGES`, registering their optimizers."""
+  global _builtins_loaded
+  if _builtins_loaded:
+    return
+  for package_name in _BUILTIN_PACKAGES:
+    package = importlib.import_module(package_name)
+    for info in pkgutil.iter_modules(package.__path__):
+      if not info.name.startswith("_"):
+        importlib.import_module(f"{package_name}.{info.name}")
+  _builtins_loaded = True
 
 
 def register(name: str) -> Callable[[Factory], Factory]:
-  """Decorator that registers an optimizer factory under `name`."""
+  """Decorator that registers an optimizer factory under `name`.
+
+  A factory defined outside gradkit is checked against the built-in names
+  too, so a user's registration never shadows a built-in optimizer.
+
+  Args:
+    name: the name `gradkit.create` will accept.
+  """
 
   def decorator(factory: Factory) -> Factory:
+    if not getattr(factory, "__module__", "").startswith("gradkit."):
+      _load_builtins()
     if name in _FACTORIES and _FACTORIES[name] is not factory:
       raise ValueError(f"optimizer name {name!r} is already registered")
     _FACTORIES[name] = factory
@@ -27,11 +58,13 @@ def register(name: str) -> Callable[[Factory], Factory]:
 
 def names() -> list[str]:
   """Sorted names of every registered optimizer."""
+  _load_builtins()
   return sorted(_FACTORIES)
 
 
 def get_factory(name: str) -> Factory:
   """The factory registered as `name`; unknown names list the nearest ones."""
+  _load_builtins()
   try:
     return _FACTORIES[name]
   except KeyError:

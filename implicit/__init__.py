@@ -14,15 +14,20 @@ jaxopt is imported only in `gradkit.implicit._backend`. The hypergradient
 learning-rate transformation is `gradkit.transforms.scale_by_hypergradient_lr`.
 """
 
-from gradkit.implicit.bilevel_solver import BilevelSolver
-from gradkit.implicit.bo_rep import BoRepState, bo_rep
-from gradkit.implicit.hypergradient import (
-    HypergradientInfo,
-    check_bilevel_objectives,
-    implicit_hypergradient,
+from gradkit import _lazy
+
+__getattr__, __dir__, __all__ = _lazy.attach(
+    __name__,
+    {
+        "bilevel_solver": ["BilevelSolver"],
+        "bo_rep": ["BoRepState", "bo_rep"],
+        "hypergradient": [
+            "HypergradientInfo", "check_bilevel_objectives", "implicit_hypergradient",
+        ],
+        "inner_solve": ["InnerInfo", "inner_solver"],
+        "linear_solve": ["linear_solver", "solve_neumann"],
+        "lv_hba": ["LvHbaState", "lv_hba"],
+        "penalty": ["PenaltyState", "penalty_method"],
+        "root": ["implicit_fixed_point", "implicit_root"],
+    },
 )
-from gradkit.implicit.inner_solve import InnerInfo, inner_solver
-from gradkit.implicit.linear_solve import linear_solver, solve_neumann
-from gradkit.implicit.lv_hba import LvHbaState, lv_hba
-from gradkit.implicit.penalty import PenaltyState, penalty_method
-from gradkit.implicit.root import implicit_fixed_point, implicit_root
