@@ -41,6 +41,15 @@ def scale_learning_rate(
 ) -> float:
   """eta(B) = eta(B0) (B/B0) for rule "linear" (SGD), eta(B0) sqrt(B/B0) for "sqrt" (Adam).
 
+  Args:
+    base_learning_rate: the tuned learning rate eta(B0) at the reference batch size.
+    base_batch_size: the reference batch size B0.
+    batch_size: the batch size B to scale to.
+    rule: "linear" (SGD) or "sqrt" (Adam). Default "linear".
+
+  Returns:
+    The scaled learning rate eta(B).
+
   References:
     Granziol et al., "Learning Rates as a Function of Batch Size: A Random Matrix Theory Approach to
     Neural Network Training", JMLR 2022. https://arxiv.org/abs/2006.09092
@@ -64,6 +73,13 @@ def step_law(n_params: float, n_tokens: float) -> tuple[float, float]:
   the sequence length for sequences per step. Fitted on dense and MoE decoder
   LMs trained with AdamW and a fixed final learning rate of 1e-5: a default
   for experiment configs, not a law for other settings.
+
+  Args:
+    n_params: N, the number of non-embedding parameters.
+    n_tokens: D, the number of training tokens.
+
+  Returns:
+    A tuple (learning rate, batch size in tokens).
 
   References:
     Li et al., "Predictable Scale: Part I -- Optimal Hyperparameter Scaling Law in Large Language
@@ -98,6 +114,14 @@ def norm_test(per_example_grads: Any, eta: jax.typing.ArrayLike) -> jax.Array:
 
   The batch passes the norm test when T <= b (AdAdaGrad's b_{k+1} = ceil(T)).
 
+  Args:
+    per_example_grads: gradient tree with a leading batch axis of size b >= 2
+      on every leaf.
+    eta: the norm test's tolerance (AdAdaGrad uses 0.1).
+
+  Returns:
+    The scalar statistic T (+inf when the mean gradient is zero).
+
   References:
     Lau, Liu & Kolar, "AdAdaGrad: Adaptive Batch Size Schemes for Adaptive Gradient Methods", 2024.
     https://arxiv.org/abs/2402.11215 ; official code: https://github.com/timlautk/AdAdaGrad
@@ -115,6 +139,14 @@ def _inner_products(leaves, means):
 def inner_product_test(per_example_grads: Any, theta: jax.typing.ArrayLike) -> jax.Array:
   """T = Var_i(<g_i, g_bar>) / (theta^2 ||g_bar||^4), unbiased 1/(b-1) variance.
 
+  Args:
+    per_example_grads: gradient tree with a leading batch axis of size b >= 2
+      on every leaf.
+    theta: the inner-product test's tolerance (AdAdaGrad uses 0.1).
+
+  Returns:
+    The scalar statistic T (+inf when the mean gradient is zero).
+
   References:
     Lau, Liu & Kolar, "AdAdaGrad: Adaptive Batch Size Schemes for Adaptive Gradient Methods", 2024.
     https://arxiv.org/abs/2402.11215 ; official code: https://github.com/timlautk/AdAdaGrad
@@ -127,6 +159,14 @@ def inner_product_test(per_example_grads: Any, theta: jax.typing.ArrayLike) -> j
 
 def orthogonality_test(per_example_grads: Any, nu: jax.typing.ArrayLike) -> jax.Array:
   """T = sum_j Var_i([g_i - (<g_i,g_bar>/||g_bar||^2) g_bar]_j) / (nu^2 ||g_bar||^2).
+
+  Args:
+    per_example_grads: gradient tree with a leading batch axis of size b >= 2
+      on every leaf.
+    nu: the orthogonality test's tolerance (AdAdaGrad uses 0.1).
+
+  Returns:
+    The scalar statistic T (+inf when the mean gradient is zero).
 
   References:
     Lau, Liu & Kolar, "AdAdaGrad: Adaptive Batch Size Schemes for Adaptive Gradient Methods", 2024.
@@ -147,6 +187,15 @@ def augmented_inner_product_test(
 ) -> jax.Array:
   """max(inner-product test with theta, orthogonality test with nu).
 
+  Args:
+    per_example_grads: gradient tree with a leading batch axis of size b >= 2
+      on every leaf.
+    theta: tolerance of the inner-product test.
+    nu: tolerance of the orthogonality test.
+
+  Returns:
+    The scalar statistic T.
+
   References:
     Lau, Liu & Kolar, "AdAdaGrad: Adaptive Batch Size Schemes for Adaptive Gradient Methods", 2024.
     https://arxiv.org/abs/2402.11215 ; official code: https://github.com/timlautk/AdAdaGrad
@@ -163,6 +212,17 @@ def adaptive_batch_statistic(
     nu: jax.typing.ArrayLike = 0.1,
 ) -> jax.Array:
   """The statistic of `test` ("norm", "inner_product" or "augmented_inner_product").
+
+  Args:
+    per_example_grads: gradient tree with a leading batch axis of size b >= 2
+      on every leaf.
+    test: "norm", "inner_product" or "augmented_inner_product". Default "norm".
+    eta: tolerance of the norm test. Default 0.1.
+    theta: tolerance of the inner-product test. Default 0.1.
+    nu: tolerance of the orthogonality test. Default 0.1.
+
+  Returns:
+    The scalar statistic T.
 
   References:
     Lau, Liu & Kolar, "AdAdaGrad: Adaptive Batch Size Schemes for Adaptive Gradient Methods", 2024.
@@ -192,6 +252,20 @@ def next_batch_size(
   the official code's (eta = theta = nu = 0.1); a vanishing mean gradient
   sends the batch to `max_batch_size`.
 
+  Args:
+    per_example_grads: gradient tree with a leading batch axis of size b >= 2
+      on every leaf.
+    batch_size: the current batch size b_k.
+    max_batch_size: the cap on the batch size.
+    test: "norm", "inner_product" or "augmented_inner_product" (static under
+      jit). Default "norm".
+    eta: tolerance of the norm test. Default 0.1.
+    theta: tolerance of the inner-product test. Default 0.1.
+    nu: tolerance of the orthogonality test. Default 0.1.
+
+  Returns:
+    The next batch size as an int32 scalar.
+
   References:
     Lau, Liu & Kolar, "AdAdaGrad: Adaptive Batch Size Schemes for Adaptive Gradient Methods", 2024.
     https://arxiv.org/abs/2402.11215 ; official code: https://github.com/timlautk/AdAdaGrad
@@ -214,6 +288,15 @@ class AdaptiveBatchSizeController:
   official code's: norm test, eta = theta = nu = 0.1, interval 1, initial
   batch 64, maximum 50,000. The caller maps the global batch onto
   micro-batches / accumulation steps (bucketing sizes limits recompiles).
+
+  Args:
+    initial_batch_size: the batch size of the first steps. Default 64.
+    max_batch_size: the cap on the batch size. Default 50_000.
+    test: "norm", "inner_product" or "augmented_inner_product". Default "norm".
+    eta: tolerance of the norm test. Default 0.1.
+    theta: tolerance of the inner-product test. Default 0.1.
+    nu: tolerance of the orthogonality test. Default 0.1.
+    test_interval: steps between two tests. Default 1.
 
   References:
     Lau, Liu & Kolar, "AdAdaGrad: Adaptive Batch Size Schemes for Adaptive Gradient Methods", 2024.

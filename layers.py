@@ -32,6 +32,15 @@ class StableEmbedding(nnx.Module):
   The table lives at `embed/embedding`, so `gradkit`'s 8-bit wrapper keeps
   32-bit optimizer state for it, as bitsandbytes does for this layer.
 
+  Args:
+    num_embeddings: the vocabulary size.
+    features: the embedding width d.
+    padding_idx: a row that is zeroed at init and gets no gradient, or None.
+      Default None.
+    param_dtype: dtype of the table (the LayerNorm stays float32). Default
+      jnp.float32.
+    rngs: the `nnx.Rngs` for the Xavier-uniform initialization.
+
   References:
     Dettmers et al., "8-bit Optimizers via Block-wise Quantization", ICLR 2022.
     https://arxiv.org/abs/2110.02861 ; official code:

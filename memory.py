@@ -15,6 +15,12 @@ def state_nbytes(state: Any) -> int:
   `jax.eval_shape(tx.init, params)`), so large states can be sized without
   allocating them. Typed PRNG keys count their key data (8 bytes for the
   default threefry key). Python scalars and `None` count as zero bytes.
+
+  Args:
+    state: any pytree, e.g. an optimizer state or its `jax.eval_shape`.
+
+  Returns:
+    The number of bytes, as a Python int.
   """
   total = 0
   for leaf in jax.tree.leaves(state):

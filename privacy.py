@@ -103,6 +103,16 @@ def rdp_sampled_gaussian(
   q = 1 gives the Gaussian mechanism's alpha / (2 sigma^2) per step; q = 0
   gives 0; sigma = 0 or alpha = inf gives inf.
 
+  Args:
+    noise_multiplier: sigma, the noise std over the sensitivity (clipping norm).
+    sample_rate: q, the probability that an example is in a batch.
+    steps: the number of compositions.
+    orders: RDP orders alpha > 1. Default DEFAULT_ORDERS (1.1, 1.2, ..., 10.9,
+      12, ..., 63; Opacus' and TF-Privacy's).
+
+  Returns:
+    A float64 array with the RDP at each order.
+
   References:
     Mironov, Talwar & Zhang, "Renyi Differential Privacy of the Sampled Gaussian Mechanism", 2019.
     https://arxiv.org/abs/1908.10530
@@ -122,6 +132,16 @@ def epsilon_from_rdp(
     orders: Sequence[float], rdp: Sequence[float], delta: float, conversion: str = "improved"
 ) -> tuple[float, float]:
   """(epsilon, optimal order) of an RDP curve at `delta`; epsilon is clamped at 0.
+
+  Args:
+    orders: RDP orders alpha > 1.
+    rdp: the RDP value at each order.
+    delta: the target delta, in (0, 1).
+    conversion: "improved" (Balle et al. 2020, as Opacus and TF-Privacy) or
+      "classic" (eps = rdp - log(delta) / (alpha - 1)). Default "improved".
+
+  Returns:
+    A tuple (epsilon, the order that attains it).
 
   References:
     Balle et al., "Hypothesis Testing Interpretations and Renyi Differential Privacy", AISTATS 2020.
@@ -158,6 +178,18 @@ def epsilon(
 
   For DP-SGD, sigma is the noise std over the clipping norm (optax.contrib.dpsgd's
   `noise_multiplier`) and q = batch size / dataset size.
+
+  Args:
+    noise_multiplier: sigma, the noise std over the clipping norm.
+    sample_rate: q, batch size / dataset size.
+    steps: the number of DP-SGD steps.
+    delta: the target delta, in (0, 1).
+    orders: RDP orders alpha > 1. Default DEFAULT_ORDERS (1.1, ..., 63).
+    conversion: "improved" or "classic", as in `epsilon_from_rdp`.
+      Default "improved".
+
+  Returns:
+    The epsilon, a float.
 
   References:
     Mironov, Talwar & Zhang, "Renyi Differential Privacy of the Sampled Gaussian Mechanism", 2019.

@@ -63,7 +63,17 @@ def names() -> list[str]:
 
 
 def get_factory(name: str) -> Factory:
-  """The factory registered as `name`; unknown names list the nearest ones."""
+  """The factory registered as `name`; unknown names list the nearest ones.
+
+  Args:
+    name: a registered name (see `names`).
+
+  Returns:
+    The factory, a callable returning an optax transformation.
+
+  Raises:
+    ValueError: `name` is not registered.
+  """
   _load_builtins()
   try:
     return _FACTORIES[name]
@@ -77,6 +87,14 @@ def get_factory(name: str) -> Factory:
 
 def create(name: str, **hparams: Any) -> optax.GradientTransformation:
   """Builds the registered optimizer `name` with keyword hyperparameters.
+
+  Args:
+    name: a registered name (see `names`).
+    **hparams: keyword arguments of the factory; omitted ones take the
+      factory's (paper) defaults.
+
+  Returns:
+    The optimizer, an `optax.GradientTransformation`.
 
   Example:
     >>> import gradkit

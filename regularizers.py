@@ -50,6 +50,16 @@ def init_trajectory_buffer(
 ) -> TrajectoryBuffer:
   """Zeros for N examples, C classes and E = memory_epochs (E >= 1).
 
+  Args:
+    num_examples: N, the size of the training set.
+    num_classes: C, the width of the stored outputs.
+    memory_epochs: E, how many epochs back the stored outputs are read.
+      Default 2.
+    dtype: dtype of the stored outputs. Default jnp.float32.
+
+  Returns:
+    A `TrajectoryBuffer` of zeros with shape (N, E + 1, C).
+
   References:
     Du et al., "Sharpness-Aware Training for Free", NeurIPS 2022. https://arxiv.org/abs/2205.14083 ;
     official code: https://github.com/AngusDujw/SAF
@@ -67,6 +77,14 @@ def trajectory_kl_loss(
   """tau^2 KL(softmax(past / tau) || softmax(logits / tau)), averaged over the batch.
 
   `past_logits` is the target: no gradient flows into it.
+
+  Args:
+    logits: (B, C) current outputs.
+    past_logits: (B, C) stored outputs of the same examples.
+    temperature: tau. Default 5.0.
+
+  Returns:
+    The scalar loss.
 
   References:
     Du et al., "Sharpness-Aware Training for Free", NeurIPS 2022. https://arxiv.org/abs/2205.14083 ;

@@ -43,6 +43,16 @@ def linear_decay_schedule(
   step of a `total_steps` run (t = total_steps - 1) gets `end_value`, the
   paper's eta_t proportional to 1 - t/T; later steps stay at `end_value`.
 
+  Args:
+    peak_value: the learning rate at the end of warmup.
+    total_steps: T, the length of the run (>= warmup_steps + 1).
+    warmup_steps: steps of linear warmup. Default 0.
+    init_value: the learning rate at step 0 of the warmup. Default 0.0.
+    end_value: the learning rate at step T - 1 and after. Default 0.0.
+
+  Returns:
+    An `optax.Schedule`.
+
   References:
     Defazio, Cutkosky, Mehta & Mishchenko, "When, Why and How Much? Adaptive Learning Rate
     Scheduling by Refinement", 2023. https://arxiv.org/abs/2310.07831 ; official code:
@@ -74,6 +84,13 @@ def smooth_gradient_norms(grad_norms: Sequence[float], fraction: float = 0.1) ->
   reflection, 2W values, dropped after filtering); the start uses
   `median_filter`'s "nearest" mode. W = 1 leaves the norms unchanged.
 
+  Args:
+    grad_norms: the T gradient norms of a previous run.
+    fraction: the filter width as a fraction of T. Default 0.1.
+
+  Returns:
+    The smoothed norms, a float64 array of length T.
+
   References:
     Defazio, Cutkosky, Mehta & Mishchenko, "When, Why and How Much? Adaptive Learning Rate
     Scheduling by Refinement", 2023. https://arxiv.org/abs/2310.07831 ; official code:
@@ -99,6 +116,15 @@ def refined_schedule_values(
   plotting; only the max-normalised shape is scale-free). G is median-smoothed
   first (`smooth_gradient_norms` with `fraction=smoothing`; 0 disables it).
   Constant norms give linear decay 1 - t/(T-1).
+
+  Args:
+    grad_norms: the T > 1 gradient norms (finite, > 0) of a previous run.
+    norm: "l2" (SGD-like runs) or "l1" (Adam-like runs). Default "l2".
+    smoothing: median-filter width as a fraction of T; 0 disables it.
+      Default 0.1.
+
+  Returns:
+    A float64 array of length T with maximum 1 and last value 0.
 
   References:
     Defazio, Cutkosky, Mehta & Mishchenko, "When, Why and How Much? Adaptive Learning Rate
@@ -133,6 +159,17 @@ def refined_schedule(
   official visual.py does) before the schedule is computed. Steps past the
   end get the last value, 0. Warmup is not added: the refinement produces it
   when the early gradient norms are large.
+
+  Args:
+    grad_norms: the gradient norms (finite, > 0) of a previous run.
+    peak_value: the schedule's maximum.
+    norm: "l2" (SGD-like runs) or "l1" (Adam-like runs). Default "l2".
+    smoothing: median-filter width as a fraction of the run. Default 0.1.
+    total_steps: resample the schedule to this many steps; None keeps the
+      recorded length. Default None.
+
+  Returns:
+    An `optax.Schedule`.
 
   References:
     Defazio, Cutkosky, Mehta & Mishchenko, "When, Why and How Much? Adaptive Learning Rate

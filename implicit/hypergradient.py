@@ -38,6 +38,13 @@ def check_bilevel_objectives(
 
   Catches swapped or misshaped outer/inner variables before any solve, naming
   the shapes of both.
+
+  Args:
+    outer_fn: f(x, y, *args), expected to return a scalar.
+    inner_fn: g(x, y, *args), expected to return a scalar.
+    x: the outer variable (a tree).
+    y: the inner variable (a tree).
+    *args: data passed to both objectives.
   """
   for name, fn in (("outer_fn", outer_fn), ("inner_fn", inner_fn)):
     check_objective(name, fn, x, y, *args, roles=("outer x", "inner y"))

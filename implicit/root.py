@@ -65,6 +65,17 @@ def implicit_fixed_point(
 
   ∂₁F = ∂₁T − I is not symmetric in general: use "normal_cg" or "gmres".
 
+  Args:
+    fixed_point_fn: T(x, *theta), equal to x at the solution; same extra
+      arguments as the solver.
+    solve: a linear-solver name (see `linear_solver`) or `solve(matvec, b)`.
+      Default "normal_cg".
+    has_aux: the solver returns (solution, aux); aux is not differentiated.
+      Default False.
+
+  Returns:
+    A decorator for `solver(init, *theta)`.
+
   References:
     Blondel et al., "Efficient and Modular Implicit Differentiation", NeurIPS 2022.
     https://arxiv.org/abs/2105.15183 ; official code: https://github.com/google/jaxopt

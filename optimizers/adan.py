@@ -48,6 +48,23 @@ def adan(
   (`max_grad_norm`, off by default) is left to `optax.clip_by_global_norm`
   in front.
 
+  Args:
+    learning_rate: Step size, a scalar or an optax schedule. Default 1e-3.
+    b1: Decay rate of the gradient EMA m. Default 0.98.
+    b2: Decay rate of the gradient-difference EMA v (also its weight in the
+      update). Default 0.92.
+    b3: Decay rate of the EMA n of squared corrected gradients. Default 0.99.
+    eps: Added to sqrt(n_hat). Default 1e-8.
+    weight_decay: Weight-decay rate, a scalar or a schedule. Default 0.0.
+    mask: Tree of booleans, or a callable params -> tree, choosing the leaves
+      that are decayed. Default None (every leaf).
+    proximal: Proximal decay p <- (p - lr u) / (1 + lr wd) as the paper and the
+      official code (keyword only); False gives optax's decoupled decay.
+      Default True.
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs`.
+
   References:
     Xie et al., Adan: Adaptive Nesterov Momentum Algorithm for Faster
     Optimizing Deep Models, TPAMI 2024. https://arxiv.org/abs/2208.06677

@@ -66,6 +66,25 @@ def adam8bit(
   the square root, weight_decay 0). Weight decay is decoupled, as in the
   official kernel (see the module docstring for its order).
 
+  Args:
+    learning_rate: Step size, a scalar or an optax schedule. Default 1e-3.
+    b1: Decay rate of the first moment. Default 0.9.
+    b2: Decay rate of the second moment. Default 0.999.
+    eps: Added to sqrt(v_hat). Default 1e-8.
+    weight_decay: Decoupled weight-decay rate. Default 0.0.
+    mask: Tree of booleans, or a callable params -> tree, choosing the leaves
+      that are decayed. Default None (every leaf).
+    block_size: Elements per quantization block; None means 256 (static under
+      `inject_hyperparams`). Default None.
+    min_size: Parameters with fewer elements keep 32-bit state; None means
+      4096. Default None.
+    keep_fp32: Callable (path, leaf) -> bool (or a tree of booleans) choosing
+      parameters whose state stays 32-bit; None keeps every parameter whose
+      path mentions "embedding". Default None.
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs`.
+
   References:
     Dettmers et al., "8-bit Optimizers via Block-wise Quantization", ICLR 2022.
     https://arxiv.org/abs/2110.02861 ; official code:
@@ -93,6 +112,25 @@ def adamw8bit(
     keep_fp32: KeepFp32 = None,
 ) -> optax.GradientTransformationExtraArgs:
   """bitsandbytes AdamW8bit: `adam8bit` with its default weight_decay 1e-2.
+
+  Args:
+    learning_rate: Step size, a scalar or an optax schedule. Default 1e-3.
+    b1: Decay rate of the first moment. Default 0.9.
+    b2: Decay rate of the second moment. Default 0.999.
+    eps: Added to sqrt(v_hat). Default 1e-8.
+    weight_decay: Decoupled weight-decay rate. Default 1e-2.
+    mask: Tree of booleans, or a callable params -> tree, choosing the leaves
+      that are decayed. Default None (every leaf).
+    block_size: Elements per quantization block; None means 256 (static under
+      `inject_hyperparams`). Default None.
+    min_size: Parameters with fewer elements keep 32-bit state; None means
+      4096. Default None.
+    keep_fp32: Callable (path, leaf) -> bool (or a tree of booleans) choosing
+      parameters whose state stays 32-bit; None keeps every parameter whose
+      path mentions "embedding". Default None.
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs`.
 
   References:
     Dettmers et al., "8-bit Optimizers via Block-wise Quantization", ICLR 2022.
@@ -123,6 +161,24 @@ def lion8bit(
   Defaults are bitsandbytes' and gradkit `lion`'s (lr 1e-4, betas (0.9, 0.99),
   weight_decay 0).
 
+  Args:
+    learning_rate: Step size, a scalar or an optax schedule. Default 1e-4.
+    b1: Interpolation weight of the momentum inside the sign. Default 0.9.
+    b2: Decay rate of the momentum. Default 0.99.
+    weight_decay: Decoupled weight-decay rate. Default 0.0.
+    mask: Tree of booleans, or a callable params -> tree, choosing the leaves
+      that are decayed. Default None (every leaf).
+    block_size: Elements per quantization block; None means 256 (static under
+      `inject_hyperparams`). Default None.
+    min_size: Parameters with fewer elements keep 32-bit state; None means
+      4096. Default None.
+    keep_fp32: Callable (path, leaf) -> bool (or a tree of booleans) choosing
+      parameters whose state stays 32-bit; None keeps every parameter whose
+      path mentions "embedding". Default None.
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs`.
+
   References:
     Dettmers et al., "8-bit Optimizers via Block-wise Quantization", ICLR 2022.
     https://arxiv.org/abs/2110.02861 ; official code:
@@ -152,6 +208,23 @@ def momentum8bit(
 
   bitsandbytes requires an explicit lr for SGD; the default 1e-2 is gradkit
   `sgd`'s. No dampening, as in bitsandbytes' momentum kernel.
+
+  Args:
+    learning_rate: Step size, a scalar or an optax schedule. Default 1e-2.
+    momentum: Momentum decay (m <- momentum m + g). Default 0.9.
+    weight_decay: Decoupled weight-decay rate. Default 0.0.
+    mask: Tree of booleans, or a callable params -> tree, choosing the leaves
+      that are decayed. Default None (every leaf).
+    block_size: Elements per quantization block; None means 256 (static under
+      `inject_hyperparams`). Default None.
+    min_size: Parameters with fewer elements keep 32-bit state; None means
+      4096. Default None.
+    keep_fp32: Callable (path, leaf) -> bool (or a tree of booleans) choosing
+      parameters whose state stays 32-bit; None keeps every parameter whose
+      path mentions "embedding". Default None.
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs`.
 
   References:
     Dettmers et al., "8-bit Optimizers via Block-wise Quantization", ICLR 2022.
@@ -184,6 +257,27 @@ def adabelief8bit(
   Not in bitsandbytes: the same wrapper applied to AdaBelief's direction
   (`scale_by_rectified_belief`, or `optax.scale_by_belief` with
   `rectify=False`); s >= eps > 0 uses the unsigned map.
+
+  Args:
+    learning_rate: Step size, a scalar or an optax schedule. Default 1e-3.
+    b1: Decay rate of the first moment. Default 0.9.
+    b2: Decay rate of the belief s. Default 0.999.
+    eps: Added inside s and to the denominator. Default 1e-16.
+    weight_decay: Decoupled weight-decay rate. Default 0.0.
+    mask: Tree of booleans, or a callable params -> tree, choosing the leaves
+      that are decayed. Default None (every leaf).
+    block_size: Elements per quantization block; None means 256 (static under
+      `inject_hyperparams`). Default None.
+    min_size: Parameters with fewer elements keep 32-bit state; None means
+      4096. Default None.
+    keep_fp32: Callable (path, leaf) -> bool (or a tree of booleans) choosing
+      parameters whose state stays 32-bit; None keeps every parameter whose
+      path mentions "embedding". Default None.
+    rectify: Apply RAdam's rectification, as `adabelief` (keyword only).
+      Default True.
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs`.
 
   References:
     Dettmers et al., "8-bit Optimizers via Block-wise Quantization", ICLR 2022.

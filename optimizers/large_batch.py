@@ -61,6 +61,20 @@ def lamb(
   b2 0.999, eps 1e-6) with optax's lr 1e-3 and no decay; the paper's BERT
   runs use wd 0.01 and an lr found by a square-root scaling rule.
 
+  Args:
+    learning_rate: Step size, a scalar or an optax schedule. Default 1e-3.
+    b1: Decay rate of the first moment. Default 0.9.
+    b2: Decay rate of the second moment. Default 0.999.
+    eps: Added to sqrt(v_hat). Default 1e-6.
+    weight_decay: Weight-decay rate added before the trust ratio. Default 0.0.
+    mask: Tree of booleans, or a callable params -> tree, choosing the leaves
+      that are decayed. Default None (every leaf).
+    trust_ratio_mask: Leaves that get the trust ratio; None falls back to
+      `mask`. Default None.
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs`.
+
   References:
     You et al., Large Batch Optimization for Deep Learning: Training BERT in
     76 minutes, ICLR 2020. https://arxiv.org/abs/1904.00962
@@ -99,6 +113,24 @@ def lars(
   wd = 0. The global lr multiplies eta ||p|| / ||g||, so it is O(1-10), not
   SGD's; the paper tunes it with warm-up and polynomial decay and gives no
   single default: 1.0 here.
+
+  Args:
+    learning_rate: Global step size, a scalar or an optax schedule; it
+      multiplies eta ||p|| / ||g + wd p||, so useful values are ~1-10.
+      Default 1.0.
+    momentum: Momentum on the lr-scaled steps. Default 0.9.
+    weight_decay: Coupled weight-decay rate (added to the gradient).
+      Default 0.0.
+    trust_coefficient: eta, the paper's trust coefficient. Default 0.001.
+    eps: Added to the trust ratio's denominator. Default 0.0.
+    nesterov: Use Nesterov momentum. Default False.
+    mask: Tree of booleans, or a callable params -> tree, choosing the leaves
+      that are decayed. Default None (every leaf).
+    trust_ratio_mask: Leaves that get the trust ratio; None falls back to
+      `mask`. Default None.
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs`.
 
   References:
     You, Gitman & Ginsburg, Large Batch Training of Convolutional Networks,

@@ -29,6 +29,20 @@ def lion(
   and a weight decay 3-10x larger than AdamW's, since the sign update has a
   larger norm.
 
+  Args:
+    learning_rate: Step size, a scalar or an optax schedule. Default 1e-4.
+    b1: Interpolation weight of the momentum inside the sign. Default 0.9.
+    b2: Decay rate of the momentum. Default 0.99.
+    weight_decay: Decoupled weight-decay rate, a scalar or a schedule.
+      Default 0.0.
+    mask: Tree of booleans, or a callable params -> tree, choosing the leaves
+      that are decayed. Default None (every leaf).
+    mu_dtype: dtype of the momentum; None keeps the parameters' dtype.
+      Default None.
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs`.
+
   References:
     Chen et al., Symbolic Discovery of Optimization Algorithms, NeurIPS 2023.
     https://arxiv.org/abs/2302.06675

@@ -48,5 +48,12 @@ def _label(path: tuple[Any, ...], leaf: Any) -> str:
 
 
 def matrix_labels(params: Any) -> Any:
-  """The default label tree ("matrix", "embedding", "head", "vector") of `params`."""
+  """The default label tree ("matrix", "embedding", "head", "vector") of `params`.
+
+  Args:
+    params: the parameter tree (key paths are read for "embed" and "head").
+
+  Returns:
+    A tree of label strings shaped like `params`.
+  """
   return jax.tree_util.tree_map_with_path(_label, params)

@@ -77,7 +77,7 @@ def muon(
     learning_rate: Muon's rate (KellerJordan/Muon's default 0.02); a float or
       a schedule.
     beta: momentum decay, in [0, 1). Default 0.95.
-    ns_coefficients: (a, b, c) of the quintic Newton–Schulz step. Default MUON_COEFFICIENTS.
+    ns_coefficients: (a, b, c) of the quintic Newton–Schulz step. Default (3.4445, -4.7750, 2.0315).
     ns_steps: Newton–Schulz steps; None means 5 (an int must be listed in
       `static_args` under `optax.inject_hyperparams`). Default None.
     eps: added to ||m||_F before the Newton–Schulz iteration. Default 1e-8.

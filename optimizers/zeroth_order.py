@@ -40,7 +40,14 @@ SPARSE_FRACTION = 0.25
 
 
 def matrices_only(params: Any) -> Any:
-  """Decay mask: True for leaves with ndim >= 2 (not biases, norm scales, scalars)."""
+  """Decay mask: True for leaves with ndim >= 2 (not biases, norm scales, scalars).
+
+  Args:
+    params: the parameter tree.
+
+  Returns:
+    A tree of booleans shaped like `params`.
+  """
   return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
@@ -69,7 +76,7 @@ def mezo(
     distribution: "gaussian" or "rademacher" (static). Default "gaussian".
     seed: seed of the perturbations (carried in the state). Default 0.
     weight_decay: decoupled decay, float or schedule. Default 0.0.
-    mask: decay mask tree or callable; None means `matrices_only`. Default None (every leaf).
+    mask: decay mask tree or callable. Default None (`matrices_only`: leaves with ndim >= 2).
 
   References:
     Malladi et al., "Fine-Tuning Language Models with Just Forward Passes", NeurIPS 2023.
@@ -102,7 +109,14 @@ def sparse_mezo(
   gradkit choice, the paper's sparsity values being unverified.
 
   Args:
-    fraction: share of each leaf perturbed, in (0, 1] (may be scheduled). Default SPARSE_FRACTION.
+    learning_rate: float or optax schedule. Default 1e-6.
+    fraction: share of each leaf perturbed, in (0, 1] (may be scheduled). Default 0.25.
+    eps: perturbation scale. Default 1e-3.
+    num_perturbations: directions averaged per step (static; None means 1). Default None.
+    distribution: "gaussian" or "rademacher" (static). Default "gaussian".
+    seed: seed of the perturbations (carried in the state). Default 0.
+    weight_decay: decoupled decay, float or schedule. Default 0.0.
+    mask: decay mask tree or callable. Default None (`matrices_only`).
 
   References:
     Liu et al., "Sparse MeZO: Less Parameters for Better Performance in Zeroth-Order LLM
@@ -172,7 +186,7 @@ def mezo_step(
     distribution: as in `mezo`. Default "gaussian".
     seed: as in `mezo`. Default 0.
     weight_decay: as in `mezo`. Default 0.0.
-    mask: as in `mezo`. Default None (every leaf).
+    mask: as in `mezo`. Default None (`matrices_only`).
 
   Returns:
     `MezoStep(init, step, programs)`: `init(params)` gives the state;

@@ -150,6 +150,29 @@ def adahessian(
   `num_probes`) default to None, so `optax.inject_hyperparams` leaves them
   static; give non-default ones through its `static_args`.
 
+  Args:
+    learning_rate: Step size, a scalar or an optax schedule. Default 0.15.
+    b1: EMA rate of g. Default 0.9.
+    b2: EMA rate of D^2. Default 0.999.
+    eps: added to the denominator after the power. Default 1e-4.
+    weight_decay: Decoupled weight-decay rate. Default 0.0.
+    hessian_power: k in [0, 1]; 0 gives bias-corrected momentum SGD.
+      Default 1.0.
+    spatial_average_block: 2-D rule of `spatial_average` (static; None means
+      1, no averaging of Dense kernels). Default None.
+    conv_window_average: average rank >= 3 kernels over their window (static).
+      Default True.
+    update_interval: refresh D every this many steps (None: every step).
+      Default None.
+    num_probes: Rademacher probes per refresh (static; None means 1).
+      Default None.
+    seed: probe seed, carried in the state. Default 0.
+    mask: Tree of booleans, or a callable params -> tree, choosing the leaves
+      that are decayed. Default None (every leaf).
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs` whose `update` needs `obj_fn=`.
+
   References:
     Yao et al., "ADAHESSIAN: An Adaptive Second Order Optimizer for Machine Learning", AAAI 2021.
     https://arxiv.org/abs/2006.00719 ; official code: https://github.com/amirgholami/adahessian

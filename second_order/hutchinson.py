@@ -44,6 +44,15 @@ def hutchinson_diagonal(
   else from `jax.random.split(key, num_probes)[i]`. Probes are summed in a
   loop, so memory does not grow with `num_probes` (a static int >= 1).
 
+  Args:
+    fn: scalar function of the parameters (e.g. the batch loss).
+    params: the point at which the Hessian diagonal is estimated.
+    key: PRNG key of the probes.
+    num_probes: Rademacher probes averaged (a static int >= 1). Default 1.
+
+  Returns:
+    A tree like `params` with the diagonal estimate.
+
   References:
     Yao et al., "ADAHESSIAN: An Adaptive Second Order Optimizer for Machine Learning", AAAI 2021.
     https://arxiv.org/abs/2006.00719 ; official code: https://github.com/amirgholami/adahessian

@@ -105,6 +105,16 @@ def lanczos_quadrature(
   exactly for polynomials f of degree <= 2 num_iters - 1. `key` seeds the
   restart vectors after a breakdown (default PRNGKey(0)).
 
+  Args:
+    matvec: the symmetric operator v -> H v on trees like `probe`, e.g.
+      `hessian_operator(loss, params)`.
+    probe: the start vector (a tree; normalised internally).
+    num_iters: Lanczos steps (clamped to the dimension).
+    key: PRNG key of the restart vectors; None means PRNGKey(0). Default None.
+
+  Returns:
+    A tuple (nodes, weights) of shape (num_iters,) each.
+
   References:
     Ghorbani, Krishnan & Xiao, "An Investigation into Neural Net Optimization via Hessian Eigenvalue
     Density", ICML 2019. https://arxiv.org/abs/1901.10159
@@ -138,6 +148,15 @@ def top_eigenvalue(
   vector is Rademacher from `key`. Edge eigenvalues converge first, so a few
   tens of steps usually suffice; with num_iters = d it is exact.
 
+  Args:
+    matvec: the symmetric operator v -> H v on trees like `params`.
+    params: a tree fixing the structure (values unused).
+    key: PRNG key of the Rademacher start vector.
+    num_iters: Lanczos steps. Default 30.
+
+  Returns:
+    The largest Ritz value, a scalar.
+
   References:
     Yao, Gholami, Keutzer & Mahoney, "PyHessian: Neural Networks Through the Lens of the Hessian",
     2020. https://arxiv.org/abs/1912.07145 ; official code: https://github.com/amirgholami/PyHessian
@@ -165,6 +184,19 @@ def spectral_density(
   (PyHessian pads 0.01 and renormalises the density on the grid; the wider
   pad keeps the Gaussians' mass so the density needs no renormalisation);
   an array is used as given.
+
+  Args:
+    matvec: the symmetric operator v -> H v on trees like `params`.
+    params: a tree fixing the structure (values unused).
+    key: PRNG key of the probes.
+    num_probes: Rademacher probes averaged. Default 1.
+    num_iters: Lanczos steps per probe. Default 100.
+    grid: number of grid points, or the grid itself as an array. Default 1000.
+    sigma: std of the Gaussian kernel; None means PyHessian's
+      sqrt(1e-5 max(1, lambda_max - lambda_min)). Default None.
+
+  Returns:
+    A `SpectralDensity` (grid, density, nodes, weights).
 
   References:
     Ghorbani, Krishnan & Xiao, "An Investigation into Neural Net Optimization via Hessian Eigenvalue

@@ -96,6 +96,13 @@ def mfac_inverse_product(state: PreconditionMfacState, vector: optax.Updates) ->
   digits when lambda is tiny; the optimizer's own step uses the push-through
   form instead.
 
+  Args:
+    state: a `PreconditionMfacState` holding the gradient window.
+    vector: the tree x to multiply, shaped like the params.
+
+  Returns:
+    F^{-1} x, a tree like `vector`.
+
   References:
     Frantar, Kurtic & Alistarh, "M-FAC: Efficient Matrix-Free Approximations of Second-Order
     Information", NeurIPS 2021. https://arxiv.org/abs/2107.03356 ; official code:

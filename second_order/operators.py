@@ -21,14 +21,32 @@ Operator = Callable[[Params], Params]
 
 
 def hessian_operator(fn: Callable[..., jax.Array], params: Params, *args: Any) -> Operator:
-  """v -> ∇²fn(params, *args) v (Pearlmutter's forward-over-reverse product)."""
+  """v -> ∇²fn(params, *args) v (Pearlmutter's forward-over-reverse product).
+
+  Args:
+    fn: scalar function fn(params, *args).
+    params: the point at which the Hessian is taken.
+    *args: further arguments of `fn` (not differentiated).
+
+  Returns:
+    The linear operator v -> H v on trees like `params`.
+  """
   return lambda v: hessian_vector_product(fn, params, v, *args)
 
 
 def gauss_newton_operator(
     model_fn: Callable[[Params], Any], loss_of_outputs: Callable[[Any], jax.Array], params: Params
 ) -> Operator:
-  """v -> Jᵀ ∇²L J v for L = loss_of_outputs(model_fn(params)) (Schraudolph 2002)."""
+  """v -> Jᵀ ∇²L J v for L = loss_of_outputs(model_fn(params)) (Schraudolph 2002).
+
+  Args:
+    model_fn: params -> model outputs.
+    loss_of_outputs: outputs -> scalar loss.
+    params: the point at which the Gauss-Newton matrix is taken.
+
+  Returns:
+    The linear operator v -> G v on trees like `params`.
+  """
   return lambda v: gauss_newton_vector_product(model_fn, loss_of_outputs, params, v)
 
 
@@ -40,6 +58,13 @@ def empirical_fisher_operator(
   `per_example_loss_fn(params)` returns the vector (ℓ_1..ℓ_n) whose mean is
   the objective. With J its Jacobian, F v = Jᵀ (J v) / n: one JVP and one VJP,
   no per-example gradient is materialised.
+
+  Args:
+    per_example_loss_fn: params -> vector of the n per-example losses.
+    params: the point at which the Fisher is taken.
+
+  Returns:
+    The linear operator v -> F v on trees like `params`.
   """
   _, pullback = jax.vjp(per_example_loss_fn, params)
 

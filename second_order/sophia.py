@@ -56,6 +56,14 @@ def sampled_cross_entropy(
     sampled = sampled_cross_entropy(lambda p: nnx.merge(graphdef, p)(x))
     optimizer.update(model, grads, sampled_obj_fn=sampled)
 
+  Args:
+    logits_fn: params -> logits of shape (..., vocab) for the current batch.
+    where: boolean or 0-1 mask of shape (...) marking the positions that count;
+      None counts every position. Default None.
+
+  Returns:
+    The `sampled_obj_fn(params, key)` for `sophia_g`.
+
   References:
     Liu et al., "Sophia: A Scalable Stochastic Second-order Optimizer for Language Model
     Pre-training", ICLR 2024. https://arxiv.org/abs/2305.14342 ; official code:
@@ -86,6 +94,13 @@ def estimate_gauss_newton_bartlett_diagonal(seed: int = 0) -> optax.GradientTran
   `update(..., params, sampled_obj_fn=...)` is required (see the module
   docstring for its √B scaling); each call splits the carried key
   (`jax.random.PRNGKey(seed)` at init) and passes the subkey to it.
+
+  Args:
+    seed: seed of the label draws, carried in the state. Default 0.
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs` whose `update` needs
+    `sampled_obj_fn=` and `params`.
 
   References:
     Liu et al., "Sophia: A Scalable Stochastic Second-order Optimizer for Language Model
@@ -148,11 +163,22 @@ def sophia(
   the current batch) on every step, as optax's.
 
   Args:
+    learning_rate: Step size, a scalar or an optax schedule. Default 6e-4.
+    b1: EMA rate of the gradient. Default 0.965.
+    b2: EMA rate of the Hessian diagonal h. Default 0.99.
+    eps: Lower bound of γ h in the denominator. Default 1e-8.
+    weight_decay: Decoupled weight-decay rate, applied after the clip.
+      Default 1e-4.
     gamma: γ, scale of h in the denominator. Default 0.01.
     clip_threshold: the per-coordinate bound of the direction. Default 1.0.
     update_interval: k, steps between Hessian refreshes. Default 10.
     num_probes: Rademacher probes per refresh (static; None means 1). Default None.
     seed: probe seed, carried in the state. Default 0.
+    mask: Tree of booleans, or a callable params -> tree, choosing the leaves
+      that are decayed. Default None (every leaf).
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs` whose `update` needs `obj_fn=`.
 
   References:
     Liu et al., "Sophia: A Scalable Stochastic Second-order Optimizer for Language Model
@@ -187,6 +213,24 @@ def sophia_g(
   i.e. it is γ for h = EMA(B ĝ⊙ĝ), which is what gradkit stores. `update`
   needs `sampled_obj_fn=` ((params, key) -> √B × mean loss on labels sampled
   from the model; `sampled_cross_entropy` builds it).
+
+  Args:
+    learning_rate: Step size, a scalar or an optax schedule. Default 1e-4.
+    b1: EMA rate of the gradient. Default 0.965.
+    b2: EMA rate of the Hessian diagonal h. Default 0.99.
+    eps: Lower bound of γ h in the denominator. Default 1e-15.
+    weight_decay: Decoupled weight-decay rate, applied after the clip.
+      Default 0.1.
+    gamma: γ, the official rho. Default 0.04.
+    clip_threshold: the per-coordinate bound of the direction. Default 1.0.
+    update_interval: k, steps between Hessian refreshes. Default 10.
+    seed: seed of the label draws, carried in the state. Default 0.
+    mask: Tree of booleans, or a callable params -> tree, choosing the leaves
+      that are decayed. Default None (every leaf).
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs` whose `update` needs
+    `sampled_obj_fn=`.
 
   References:
     Liu et al., "Sophia: A Scalable Stochastic Second-order Optimizer for Language Model

@@ -119,6 +119,20 @@ def dice_sgd(
   C2 = C1 (ratio 1), batch 1000. Any optax optimizer may replace SGD by
   chaining it after `dice_sgd_aggregate` (the official code also uses Adam).
 
+  Args:
+    learning_rate: SGD step size, a scalar or an optax schedule.
+    clip_threshold: C1, the per-example clipping norm.
+    feedback_clip_threshold: C2, the clipping norm of the fed-back error
+      (absolute, not a ratio to C1).
+    noise_multiplier: sigma; the noise std is sigma C1 / B on the mean scale.
+    seed: seed of the noise, carried in the state. Default 0.
+    momentum: SGD momentum, or None for none. Default None.
+    nesterov: Use Nesterov momentum. Default False.
+
+  Returns:
+    An `optax.GradientTransformation` taking per-example gradients (leading
+    batch axis on every leaf).
+
   References:
     Zhang, Bu, Wu & Hong, "Differentially Private SGD Without Clipping Bias: An Error-Feedback
     Approach", ICLR 2024. https://arxiv.org/abs/2311.14632 ; official code:
@@ -152,6 +166,18 @@ def dp_sgd(
 
   The same chain as `optax.contrib.dpsgd`, built with a key instead of its
   deprecated `seed` argument, and with the argument names of `dice_sgd`.
+
+  Args:
+    learning_rate: SGD step size, a scalar or an optax schedule.
+    clip_threshold: C, the per-example clipping norm.
+    noise_multiplier: sigma; the noise std is sigma C on the summed gradient.
+    seed: seed of the noise. Default 0.
+    momentum: SGD momentum, or None for none. Default None.
+    nesterov: Use Nesterov momentum. Default False.
+
+  Returns:
+    An `optax.GradientTransformation` taking per-example gradients (leading
+    batch axis on every leaf).
 
   References:
     Abadi et al., "Deep Learning with Differential Privacy", CCS 2016.

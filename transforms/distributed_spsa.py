@@ -92,7 +92,7 @@ def distributed_spsa_step(
       decoded values; relative error <= exp(1 / (2 one_byte_scale)) - 1 in range.
       A NaN p is sent as 0 (no step along it); without `one_byte` it makes every
       replica's params NaN. Either way `info` shows it. Default False.
-    one_byte_scale: log scale of the codec. Default DEFAULT_SCALE.
+    one_byte_scale: log scale of the codec. Default 8.0 (`one_byte.DEFAULT_SCALE`).
     normalization: "sqrt" divides the summed steps by sqrt(N), N = M n, as the
       reference does; "mean" divides by N, i.e. the average of the N
       single-device estimates p z (one MeZO step with an n-SPSA estimate). Default "sqrt".

@@ -76,6 +76,16 @@ def mixing_weight_from_samples(
   coordinate of the trees; the first estimator is taken as unbiased and the
   second's squared bias ||b_e||^2, which samples cannot reveal, is given.
 
+  Args:
+    first_samples: n >= 2 samples of the first (unbiased) estimator, a tree
+      with a leading sample axis.
+    second_samples: the paired samples of the second estimator, same
+      structure.
+    bias_second_sq: ||b_e||^2, the second estimator's squared bias. Default 0.0.
+
+  Returns:
+    The weight alpha* in [0, 1] of the first estimator, a scalar.
+
   References:
     Zhu et al., "From Noisy Traces to Stable Gradients: Bias-Variance Optimized Preference
     Optimization for Aligning Large Reasoning Models", 2025. https://arxiv.org/abs/2510.05095

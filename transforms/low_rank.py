@@ -86,6 +86,17 @@ def make_projector(
 ) -> jax.Array:
   """A fresh projector for the (m, n) gradient `g` (float32).
 
+  Args:
+    g: the (m, n) gradient of the leaf.
+    key: PRNG key of the random kinds (unused by "svd").
+    rank: the rank r (clamped to min(m, n)), or a function of (m, n).
+    side: "std" (projector on the smaller side, as the official GaLore),
+      "reverse_std", "right", "left" or "full".
+    kind: "svd", "gaussian" or "orthogonal".
+
+  Returns:
+    The float32 projector (a (m + n, r) array, U over V, for "full").
+
   References:
     Zhao et al., "GaLore: Memory-Efficient LLM Training by Gradient Low-Rank Projection", ICML 2024.
     https://arxiv.org/abs/2403.03507 ; official code: https://github.com/jiaweizzhao/GaLore
@@ -121,7 +132,16 @@ def _random_frame(key: jax.Array, d: int, r: int, kind: Kind) -> jax.Array:
 
 
 def project(g: jax.Array, projector: jax.Array, side: str) -> jax.Array:
-  """G P^T ("right"), P^T G ("left") or U^T G V ("full")."""
+  """G P^T ("right"), P^T G ("left") or U^T G V ("full").
+
+  Args:
+    g: the (m, n) gradient.
+    projector: the projector from `make_projector`.
+    side: the resolved side: "right", "left" or "full".
+
+  Returns:
+    The projected low-rank coordinates.
+  """
   if side == "right":
     return g @ projector.T
   if side == "left":
@@ -133,7 +153,17 @@ def project(g: jax.Array, projector: jax.Array, side: str) -> jax.Array:
 def project_back(
     x: jax.Array, projector: jax.Array, side: str, shape: tuple[int, int]
 ) -> jax.Array:
-  """The map back to the (m, n) `shape`: X P ("right"), P X ("left") or U X V^T ("full")."""
+  """The map back to the (m, n) `shape`: X P ("right"), P X ("left") or U X V^T ("full").
+
+  Args:
+    x: the low-rank coordinates.
+    projector: the projector from `make_projector`.
+    side: the resolved side: "right", "left" or "full".
+    shape: the (m, n) shape of the full matrix.
+
+  Returns:
+    The (m, n) matrix.
+  """
   if side == "right":
     return x @ projector
   if side == "left":

@@ -19,7 +19,13 @@ import optax
 
 
 def check_matrix(x: jax.Array, where: str, method: str) -> None:
-  """Raises ValueError unless `x` has at least two axes."""
+  """Raises ValueError unless `x` has at least two axes.
+
+  Args:
+    x: the leaf.
+    where: the leaf's key path, for the error message.
+    method: the name of the method, for the error message.
+  """
   if x.ndim < 2:
     raise ValueError(
         f"{method} acts on matrices (ndim >= 2) but leaf {where} has shape "
@@ -28,7 +34,14 @@ def check_matrix(x: jax.Array, where: str, method: str) -> None:
 
 
 def as_matrix(x: jax.Array) -> jax.Array:
-  """The 2-D view of a leaf with ndim >= 2: all leading axes merged."""
+  """The 2-D view of a leaf with ndim >= 2: all leading axes merged.
+
+  Args:
+    x: a leaf with ndim >= 2.
+
+  Returns:
+    The (d1 * ... * d(k-1), dk) reshaped leaf.
+  """
   # Explicit rows, not -1: a zero-size leaf with a last axis of 0 has no inferable size.
   return x.reshape(matrix_shape(x.shape))
 

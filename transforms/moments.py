@@ -410,10 +410,20 @@ def scale_by_adabelief(
     eps: jax.typing.ArrayLike = 1e-16,
     rectify: bool = True,
 ) -> optax.GradientTransformation:
-  """AdaBelief's direction: `scale_by_rectified_belief`, or with `rectify=False`
-  the paper's Algorithm 2, `optax.scale_by_belief(eps=eps, eps_root=eps)`.
+  """AdaBelief's direction: rectified by default, else the paper's Algorithm 2.
 
-  The one place gradkit chooses between them (`adabelief`, `adabelief8bit`).
+  `scale_by_rectified_belief`, or with `rectify=False`
+  `optax.scale_by_belief(eps=eps, eps_root=eps)`. The one place gradkit
+  chooses between them (`adabelief`, `adabelief8bit`).
+
+  Args:
+    b1: Decay rate of the first moment. Default 0.9.
+    b2: Decay rate of the belief s. Default 0.999.
+    eps: Added inside s and to the denominator. Default 1e-16.
+    rectify: Apply RAdam's rectification. Default True.
+
+  Returns:
+    An `optax.GradientTransformation`.
 
   References:
     Zhuang et al., "AdaBelief Optimizer: Adapting Stepsizes by the Belief in Observed Gradients",

@@ -67,6 +67,16 @@ def newton_schulz_orthogonalize(
   X <- X / (||X||_F + eps); then `steps` times X <- a X + (b A + c A^2) X
   with A = X X^T, on the orientation whose Gram matrix is smaller.
 
+  Args:
+    x: a 2-D array.
+    coefficients: (a, b, c) of the quintic step. Default MUON_COEFFICIENTS,
+      (3.4445, -4.7750, 2.0315).
+    steps: number of Newton–Schulz steps. Default 5.
+    eps: added to ||X||_F in the pre-scaling. Default 1e-8.
+
+  Returns:
+    An array like `x`, approximately U V^T of its SVD.
+
   References:
     Jordan et al., "Muon: An optimizer for hidden layers in neural networks", blog post, 2024.
     https://kellerjordan.github.io/posts/muon/ ; official code: https://github.com/KellerJordan/Muon
@@ -95,6 +105,14 @@ def newton_schulz_whiten(x: jax.Array, steps: int = 10, eps: float = 1e-8) -> ja
   Z_k -> (A / ||A||_F)^{-1/2}. Tall inputs are whitened from the right
   (G (G^T G)^{-1/2}), which gives the same polar factor with a smaller Gram.
 
+  Args:
+    x: a 2-D array G.
+    steps: number of coupled Newton–Schulz steps. Default 10.
+    eps: added to ||A||_F in the scaling. Default 1e-8.
+
+  Returns:
+    An array like `x`, approximately (G G^T)^{-1/2} G.
+
   References:
     Ma, Gong, Scetbon & Meeds, "SWAN: SGD with Normalization and Whitening Enables Stateless LLM
     Training", ICML 2025. https://arxiv.org/abs/2412.13148
@@ -111,6 +129,15 @@ def orthogonalize_newton_schulz(
 
   Acts on the 2-D view of each leaf (see `gradkit.transforms.matrix_view`);
   vectors and scalars raise a ValueError. Computed in float32 or wider.
+
+  Args:
+    coefficients: (a, b, c) of the quintic step. Default MUON_COEFFICIENTS,
+      (3.4445, -4.7750, 2.0315).
+    ns_steps: number of Newton–Schulz steps. Default 5.
+    eps: added to ||X||_F in the pre-scaling. Default 1e-8.
+
+  Returns:
+    A state-free `optax.GradientTransformation`.
 
   References:
     Jordan et al., "Muon: An optimizer for hidden layers in neural networks", blog post, 2024.
@@ -130,6 +157,13 @@ def orthogonalize_newton_schulz(
 
 def whiten_newton_schulz(ns_steps: int = 10, eps: float = 1e-8) -> optax.GradientTransformation:
   """State-free: every matrix update G -> (G G^T)^{-1/2} G (SWAN's GradWhitening).
+
+  Args:
+    ns_steps: number of coupled Newton–Schulz steps. Default 10.
+    eps: added to ||A||_F in the scaling. Default 1e-8.
+
+  Returns:
+    A state-free `optax.GradientTransformation`.
 
   References:
     Ma, Gong, Scetbon & Meeds, "SWAN: SGD with Normalization and Whitening Enables Stateless LLM

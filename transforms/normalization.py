@@ -53,6 +53,16 @@ def rms_normalize(
   With `center`, the slice mean is removed first, so the divisor is the
   population standard deviation and every slice ends with mean 0 and std 1;
   a constant slice becomes 0 (its centred values are 0, its std is clamped).
+
+  Args:
+    x: a 2-D array.
+    axis: the axis reduced over. Default 0.
+    center: subtract the slice mean first (divide by the standard deviation).
+      Default False.
+    eps: lower clamp on the RMS / standard deviation. Default 1e-8.
+
+  Returns:
+    An array like `x`.
   """
   if center:
     x = x - jnp.mean(x, axis=axis, keepdims=True)
@@ -69,6 +79,15 @@ def sinkhorn_normalize(
   in the paper: rows to norm sqrt(n), then columns to norm sqrt(m). It is the
   Sinkhorn–Knopp iteration on x**2, so the first normalization holds only as
   the iterations grow (the second holds exactly after every round).
+
+  Args:
+    x: a 2-D array.
+    num_iterations: rounds of the two normalizations. Default 5.
+    axis: the axis normalized first. Default 0.
+    eps: lower clamp on the norms. Default 1e-8.
+
+  Returns:
+    An array like `x`.
 
   References:
     Scetbon, Ma, Gong & Meeds, "Gradient Multi-Normalization for Stateless and Scalable LLM

@@ -43,6 +43,14 @@ def svd_frame(matrix: jax.Array) -> tuple[jax.Array, jax.Array]:
 def nuclear_norm_subgradient(matrix: jax.Array, truncation: Truncation | None = None) -> jax.Array:
   """U_k V_k^T (float32) for the components k that `truncation(s)` keeps (all if None).
 
+  Args:
+    matrix: a 2-D array.
+    truncation: callable on the singular values returning the mask of the kept
+      components (e.g. `truncation_mask`), or None to keep all. Default None.
+
+  Returns:
+    The float32 subgradient U_k V_k^T, shaped like `matrix`.
+
   References:
     Xu et al., "TRP: Trained Rank Pruning for Efficient Deep Neural Networks", IJCAI 2020.
     https://arxiv.org/abs/2004.14566 ; official code:

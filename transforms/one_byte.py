@@ -41,6 +41,13 @@ _C_MAX = 63
 def one_byte_encode(p: jax.typing.ArrayLike, scale: float = DEFAULT_SCALE) -> jax.Array:
   """int8 codes of `p` (any shape): sign(p) * (clip(round(scale ln|p|), -63, 63) + 64).
 
+  Args:
+    p: the values to encode (any shape).
+    scale: the codec's log scale s. Default DEFAULT_SCALE (8.0).
+
+  Returns:
+    An int8 array shaped like `p`.
+
   References:
     Zelikman et al., "Just One Byte (per gradient): A Note on Low-Bandwidth Decentralized Language
     Model Finetuning Using Shared Randomness", 2023. https://arxiv.org/abs/2306.10015 ; official
@@ -58,6 +65,13 @@ def one_byte_encode(p: jax.typing.ArrayLike, scale: float = DEFAULT_SCALE) -> ja
 
 def one_byte_decode(code: jax.typing.ArrayLike, scale: float = DEFAULT_SCALE) -> jax.Array:
   """float32 values of int8 `code`s: sign(code) * exp((|code| - 64) / scale); 0 -> 0.
+
+  Args:
+    code: int8 codes from `one_byte_encode`.
+    scale: the log scale s used to encode. Default DEFAULT_SCALE (8.0).
+
+  Returns:
+    A float32 array shaped like `code`.
 
   References:
     Zelikman et al., "Just One Byte (per gradient): A Note on Low-Bandwidth Decentralized Language

@@ -51,7 +51,14 @@ def _is_codes(leaf: Any) -> bool:
 
 
 def quantized_view(state: QuantizedState) -> optax.OptState:
-  """`state.inner` with each quantized leaf shown as `QuantizedArray(codes, absmax)`."""
+  """`state.inner` with each quantized leaf shown as `QuantizedArray(codes, absmax)`.
+
+  Args:
+    state: a `QuantizedState` from `quantized(...).init`.
+
+  Returns:
+    The inner state tree, quantized leaves as `QuantizedArray`s.
+  """
   leaves, treedef = jax.tree.flatten(state.inner)
   scales = iter(state.absmax)
   return treedef.unflatten(

@@ -46,6 +46,15 @@ def truncation_mask(
   sum_{j<i} s_j^2 / sum_j s_j^2, is below `energy` (so the kept ones are the
   fewest reaching the fraction; the first is always kept).
 
+  Args:
+    sigma: singular values in descending order.
+    rank: keep at most this many components; None means no cap. Default None.
+    energy: keep the fewest components whose energy reaches this fraction;
+      None means no energy criterion. Default None.
+
+  Returns:
+    A boolean array shaped like `sigma`.
+
   References:
     Xu et al., "TRP: Trained Rank Pruning for Efficient Deep Neural Networks", IJCAI 2020.
     https://arxiv.org/abs/2004.14566 ; official code:

@@ -67,6 +67,14 @@ def _label_order(labels: Any) -> list[str]:
 def module_dissimilarity(grads_a: Any, grads_b: Any, labels: Any) -> dict[str, jax.Array]:
   """phi_j = 1 - cos(g_a^(j), g_b^(j)) per label j, over all leaves with that label.
 
+  Args:
+    grads_a: gradient tree of one half of the workers.
+    grads_b: gradient tree of the other half.
+    labels: tree of module labels matching the gradients.
+
+  Returns:
+    A dict label -> phi_j (scalar).
+
   References:
     Xue et al., "Large-batch Optimization for Dense Visual Predictions", NeurIPS 2022.
     https://arxiv.org/abs/2210.11078 ; official code: https://github.com/Sense-X/AGVM
@@ -89,6 +97,15 @@ def precondition_like_adam(
 
   `nu` is Adam's second moment before this step (e.g. `optax.adam`'s
   `ScaleByAdamState.nu`), broadcast over the leading worker axis.
+
+  Args:
+    worker_grads: gradient tree with a leading worker axis.
+    nu: Adam's second moment before this step (a tree like the params).
+    b2: Adam's second-moment decay. Default 0.999.
+    eps: Adam's eps. Default 1e-8.
+
+  Returns:
+    The preconditioned gradients, shaped like `worker_grads`.
 
   References:
     Xue et al., "Large-batch Optimization for Dense Visual Predictions", NeurIPS 2022.

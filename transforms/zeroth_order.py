@@ -58,6 +58,13 @@ def small_magnitude_mask(params: Any, fraction: jax.typing.ArrayLike) -> Any:
   choice; the paper's granularity (per layer or global) could not be checked
   against an official code. `fraction` may be traced.
 
+  Args:
+    params: the parameter tree.
+    fraction: share of each leaf selected, in (0, 1] (may be traced).
+
+  Returns:
+    A boolean tree shaped like `params`.
+
   References:
     Liu et al., "Sparse MeZO: Less Parameters for Better Performance in Zeroth-Order LLM
     Fine-Tuning", 2024. https://arxiv.org/abs/2402.15751
@@ -94,6 +101,19 @@ def spsa_gradient(
   Accumulated in float32. Functional: theta +- eps z_i are new arrays beside
   theta, so a jitted step holds several parameter-sized arrays at its peak;
   `gradkit.optimizers.mezo_step` runs MeZO in place at inference memory.
+
+  Args:
+    obj_fn: params -> scalar loss of the current batch.
+    params: the point at which the gradient is estimated.
+    key: PRNG key; direction i uses fold_in(key, i).
+    eps: perturbation scale (keyword only).
+    num_perturbations: directions averaged. Default 1.
+    distribution: "gaussian" or "rademacher". Default "gaussian".
+    mask: boolean tree restricting the perturbed entries, or None for all.
+      Default None.
+
+  Returns:
+    The gradient estimate, a tree like `params` in its dtypes.
 
   References:
     Malladi et al., "Fine-Tuning Language Models with Just Forward Passes", NeurIPS 2023.
