@@ -26,4 +26,5 @@ __getattr__, __dir__, __all__ = _lazy.attach(
         "second_order",
         "transforms",
     ],
+    discover=False,
 )

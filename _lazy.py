@@ -3,8 +3,8 @@
 `import gradkit` (or `gradkit.transforms`, ...) imports no submodule: each
 public name is imported from the submodule that defines it on first access,
 then cached in the package's namespace. Submodules stay reachable as
-attributes (`gradkit.transforms.low_rank`) and are listed by `dir()`, and
-`from pkg import name` works as with eager imports.
+attributes (`gradkit.transforms.low_rank`) and are listed by `dir()` of the
+subpackages, and `from pkg import name` works as with eager imports.
 
 Many public names equal their submodule's name (`gradkit.optimizers.lion`
 is the function defined in `gradkit/optimizers/lion.py`). When that
@@ -40,6 +40,8 @@ def attach(
     package: str,
     exports: Mapping[str, Iterable[str]],
     submodules: Iterable[str] = (),
+    *,
+    discover: bool = True,
 ) -> tuple[Callable[[str], object], Callable[[], list[str]], list[str]]:
   """Makes `package` lazy; returns its `__getattr__`, `__dir__` and `__all__`.
 
@@ -47,6 +49,9 @@ def attach(
     package: the package's `__name__`.
     exports: submodule (relative to `package`) -> the public names it defines.
     submodules: public submodules, exported as modules.
+    discover: also list every other non-private submodule in `dir()`, as
+      eager imports would have bound them. False for the root package, whose
+      folder also holds setup.py and the experiments.
 
   Usage, in the package's `__init__.py`:
     __getattr__, __dir__, __all__ = _lazy.attach(__name__, {"lion": ["lion"]})
@@ -84,7 +89,9 @@ def attach(
     raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
   def __dir__() -> list[str]:
-    found = {info.name for info in pkgutil.iter_modules(module.__path__)}
-    return sorted(set(namespace) | set(public) | {n for n in found if not n.startswith("_")})
+    names = set(namespace) | set(public)
+    if discover:
+      names |= {i.name for i in pkgutil.iter_modules(module.__path__) if not i.name.startswith("_")}
+    return sorted(names)
 
   return __getattr__, __dir__, public

@@ -47,11 +47,15 @@ class _BuildPy(build_py):
     return [entry for entry in modules if (entry[0], entry[1]) != ("gradkit", "setup")]
 
 
-setup(
-    packages=["gradkit", *_subpackages()],
-    cmdclass={"build_py": _BuildPy},
-    options={
-        "build": {"build_base": str(_scratch() / "build")},
-        "egg_info": {"egg_base": str(_scratch())},
-    },
-)
+# The build backend runs this file as __main__; as `gradkit.setup` (the file
+# lies in the package's folder, so an editable install can import it) it does
+# nothing.
+if __name__ == "__main__":
+  setup(
+      packages=["gradkit", *_subpackages()],
+      cmdclass={"build_py": _BuildPy},
+      options={
+          "build": {"build_base": str(_scratch() / "build")},
+          "egg_info": {"egg_base": str(_scratch())},
+      },
+  )
