@@ -1,4 +1,4 @@
-"""A small CNN on the digits as 8x8x1 images, default protocol.
+"""A small CNN on the digits (as 8x8 images): AdamW, SGD, Lion, Adan and Muon, each tuned.
 
     python -m gradkit.experiments --config=experiments/configs/digits_cnn.py
 

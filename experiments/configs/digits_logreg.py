@@ -1,4 +1,4 @@
-"""Multinomial logistic regression on the digits (a convex workload), default protocol.
+"""Logistic regression on the digits (a convex problem), the default optimizers, each tuned.
 
     python -m gradkit.experiments --config=experiments/configs/digits_logreg.py
 """

@@ -1,4 +1,4 @@
-"""Default workload: an MLP on scikit-learn's digits, every optimizer tuned and seeded.
+"""Default workload: an MLP on scikit-learn's digits; nine first-order optimizers, each tuned.
 
     python -m gradkit.experiments --config=experiments/configs/digits_mlp.py \
         --config.steps=500 --config.optimizers=lion,adamw

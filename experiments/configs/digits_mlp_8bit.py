@@ -1,4 +1,4 @@
-"""Digits MLP: each 8-bit optimizer beside its 32-bit version (issue 4's quality check).
+"""Digits MLP: each 8-bit optimizer beside its 32-bit version, to compare their losses.
 
     python -m gradkit.experiments --config=experiments/configs/digits_mlp_8bit.py
 

@@ -1,4 +1,4 @@
-"""Digits MLP: the matrix-aware and memory-efficient family beside AdamW (issue 3).
+"""Digits MLP: the matrix-aware and low-memory optimizers (Muon, GaLore, APOLLO, ...) vs AdamW.
 
     python -m gradkit.experiments --config=experiments/configs/digits_mlp_matrix.py
 

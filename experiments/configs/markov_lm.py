@@ -1,4 +1,4 @@
-"""A decoder-only transformer LM on a synthetic Markov language with a known entropy rate.
+"""A small transformer LM on a synthetic Markov language (known best loss): AdamW, Lion, Muon, ...
 
     python -m gradkit.experiments --config=experiments/configs/markov_lm.py
 

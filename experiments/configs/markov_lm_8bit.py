@@ -1,4 +1,4 @@
-"""8-bit vs 32-bit optimizer state on the Markov-language LM (issue 4's quality check).
+"""Markov-language LM: does storing optimizer state in 8 bits change the loss? 8-bit vs 32-bit.
 
     python -m gradkit.experiments --config=experiments/configs/markov_lm_8bit.py
 

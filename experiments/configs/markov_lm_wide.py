@@ -1,4 +1,4 @@
-"""The matrix-heavy workload: the Markov-language LM with wider layers, matrix family vs AdamW.
+"""A wider Markov-language LM whose weights are mostly big matrices: matrix optimizers vs AdamW.
 
     python -m gradkit.experiments --config=experiments/configs/markov_lm_wide.py
 
