@@ -16,10 +16,12 @@ attribute instead, so the public name never turns into the module.
 from __future__ import annotations
 
 import importlib
-import pkgutil
 import sys
 import types
-from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+  from collections.abc import Callable, Iterable, Mapping
 
 
 class LazyModule(types.ModuleType):
@@ -91,6 +93,8 @@ def attach(
   def __dir__() -> list[str]:
     names = set(namespace) | set(public)
     if discover:
+      import pkgutil  # only dir() needs it
+
       names |= {i.name for i in pkgutil.iter_modules(module.__path__) if not i.name.startswith("_")}
     return sorted(names)
 

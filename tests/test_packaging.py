@@ -111,7 +111,8 @@ def test_wheel_holds_every_module_and_license_and_build_leaves_no_files(tmp_path
              and f != "setup.py"}
   missing = sorted(f for f in modules if f"gradkit/{f}" not in names)
   assert not missing, f"modules missing from the wheel: {missing}"
-  stray = sorted(n for n in names if n.endswith(".py") and n.removeprefix("gradkit/") not in modules)
+  stray = sorted(n for n in names
+                 if n.endswith(".py") and n.removeprefix("gradkit/") not in modules)
   assert not stray, f"files in the wheel that are no package module: {stray}"
 
   (dist_info,) = {n.split("/")[0] for n in names if n.split("/")[0].endswith(".dist-info")}
