@@ -103,6 +103,16 @@ def test_jitted_update_does_not_retrace(name, regression):
   assert len(traces) == 1
 
 
+# MeZO-style steps divide the difference of two loss values by 2 eps = 2e-3:
+# a one-ulp difference in the loss (here L ~ 277, ulp ~ 3e-5), which two
+# differently fused programs may produce once their parameters differ by
+# rounding, moves the next step by lr * |z| * ulp / (2 eps) ~ 1e-4 of a
+# parameter, whatever the machine. Their injected and plain programs are
+# compared after the first step, from identical inputs (measured 1e-7 apart),
+# which checks the same hyperparameter plumbing.
+FINITE_DIFFERENCE = {"mezo", "sparse_mezo"}
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_inject_hyperparams_matches_plain_factory(name, regression):
   factory = get_factory(name)
@@ -113,7 +123,7 @@ def test_inject_hyperparams_matches_plain_factory(name, regression):
   update_injected = jax.jit(functools.partial(injected.update, **extra))
   p_plain, s_plain = regression.params, plain.init(regression.params)
   p_inj, s_inj = regression.params, injected.init(regression.params)
-  for _ in range(3):
+  for _ in range(1 if name in FINITE_DIFFERENCE else 3):
     u, s_plain = update_plain(regression.grad(p_plain), s_plain, p_plain)
     p_plain = optax.apply_updates(p_plain, u)
     u, s_inj = update_injected(regression.grad(p_inj), s_inj, p_inj)
