@@ -90,10 +90,24 @@ def test_restored_state_continues_bit_for_bit(name, tmp_path):
   chex.assert_trees_all_equal(got, expected)
   assert len(traces) == 1, f"{name}: restored state retraced the jitted step"
 
+  # An optimizer built afresh with the same seed is the same program (its
+  # update traces to the same jaxpr with the same constants) from the same
+  # initial state, so the jitted step compiled above replays it.
   fresh = gradkit.create(name)
-  run_fresh, _ = _stepper(fresh, problem)
-  replay = run_fresh(problem.params, fresh.init(problem.params), BEFORE + AFTER)
+  fresh_state = fresh.init(problem.params)
+  chex.assert_trees_all_equal(fresh_state, tx.init(problem.params))
+  _assert_same_program(fresh, tx, problem, fresh_state)
+  replay = run(problem.params, fresh_state, BEFORE + AFTER)
   chex.assert_trees_all_equal(replay[-1], expected[-1])
+
+
+def _assert_same_program(tx_a, tx_b, problem, state) -> None:
+  grads = problem.grad(problem.params)
+  extra = extra_update_args(tx_a, problem)
+  a, b = (jax.make_jaxpr(lambda s, tx=tx: tx.update(grads, s, problem.params, **extra))(state)
+          for tx in (tx_a, tx_b))
+  assert str(a.jaxpr) == str(b.jaxpr)
+  chex.assert_trees_all_equal(a.consts, b.consts)
 
 
 SEEDED = [n for n in gradkit.names() if "seed" in inspect.signature(get_factory(n)).parameters]

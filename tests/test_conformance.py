@@ -55,6 +55,11 @@ FIT_OVERRIDES = {
     "sara": {"threshold": 10.0, "max_fraction": 1.0},
     "sparse_mezo": {"fraction": 0.9},
 }
+# M-FAC's step along its window's span grows with the window (1024 gradients):
+# only the grid's largest rate fits (measured final losses 0.48, 222, 271, 276
+# from 277 at 1e-1 ... 1e-4), and the window makes each of its steps the
+# costliest of the registry, so it runs that rate alone.
+FIT_RATES = {"mfac": (1e-1,)}
 
 
 def _final_losses(name, problem, learning_rates, steps=STEPS):
@@ -86,7 +91,7 @@ def _final_losses(name, problem, learning_rates, steps=STEPS):
 @pytest.mark.parametrize("name", NAMES)
 def test_fits_ill_conditioned_regression(name, regression):
   initial = float(regression.loss(regression.params))
-  finals = _final_losses(name, regression, LEARNING_RATES)
+  finals = _final_losses(name, regression, FIT_RATES.get(name, LEARNING_RATES))
   best = min(f for f in finals if np.isfinite(f))
   assert best < 0.1 * initial, f"{name}: best final loss {best} vs initial {initial} ({finals})"
 

@@ -122,8 +122,9 @@ class DegenerateLeaves(Regression):
     return super().loss(params) + (params["s"] - 2.0) ** 2 + empty
 
 
-def _run(tx, problem, grads_seq, params=None):
-  """(params after each step, states after each step, trace count); update jitted."""
+def _runs(tx, problem, *grads_seqs, params=None):
+  """For each gradient sequence, [(params, state)] before and after each step,
+  from one jitted update (so the runs share its compilation); and the trace count."""
   extra = extra_update_args(tx, problem)
   traces = []
 
@@ -134,11 +135,19 @@ def _run(tx, problem, grads_seq, params=None):
     return optax.apply_updates(params, updates), state
 
   params = problem.params if params is None else params
-  state = tx.init(params)
-  history = [(params, state)]
-  for grads in grads_seq:
-    history.append(step(*history[-1], grads))
-  return history, len(traces)
+  histories = []
+  for grads_seq in grads_seqs:
+    history = [(params, tx.init(params))]
+    for grads in grads_seq:
+      history.append(step(*history[-1], grads))
+    histories.append(history)
+  return histories, len(traces)
+
+
+def _run(tx, problem, grads_seq, params=None):
+  """(params after each step, states after each step, trace count); update jitted."""
+  (history,), traces = _runs(tx, problem, grads_seq, params=params)
+  return history, traces
 
 
 # SaRA trains only |w| < 2e-3 by default, none of this problem's weights.
@@ -188,8 +197,7 @@ def test_apply_if_finite_skips_bad_steps_and_continues_exactly(name, regression)
                         regression.params) for _ in range(3)]
   faulty = [clean[0], _with_bad_entry(clean[1], jnp.nan), clean[1],
             _with_bad_entry(clean[2], jnp.inf), _with_bad_entry(clean[2], -jnp.inf), clean[2]]
-  want, _ = _run(tx, regression, clean)
-  got, _ = _run(tx, regression, faulty)
+  (want, got), _ = _runs(tx, regression, clean, faulty)
   chex.assert_trees_all_equal(got[-1][0], want[-1][0])
   chex.assert_trees_all_equal(got[-1][1].inner_state, want[-1][1].inner_state)
   assert int(got[-1][1].total_notfinite) == 3

@@ -106,22 +106,29 @@ def _rebound(extra: dict, problem: TwoLayer) -> dict:
           for k, v in extra.items()}
 
 
-def _run(tx, host: TwoLayer, params, x, y):
-  extra = extra_update_args(tx, host)
+def _runs(tx, host: TwoLayer, extra: dict, starts: tuple, x, y) -> list:
+  """(params, init state, final state) of STEPS steps from each of `starts`.
+
+  The runs share the batch (x, y) and go side by side through one jitted
+  step, so runs on the same mesh share one compilation.
+  """
 
   @jax.jit
-  def step(params, state, x, y):
+  def step(runs, x, y):
     problem = copy.copy(host)
     problem.x, problem.y = x, y
-    updates, state = tx.update(problem.grad(params), state, params,
-                               **_rebound(extra, problem))
-    return optax.apply_updates(params, updates), state
+    out = []
+    for params, state in runs:
+      updates, state = tx.update(problem.grad(params), state, params,
+                                 **_rebound(extra, problem))
+      out.append((optax.apply_updates(params, updates), state))
+    return out
 
-  state = tx.init(params)
-  init_state = state
+  runs = [(params, tx.init(params)) for params in starts]
+  inits = [state for _, state in runs]
   for _ in range(STEPS):
-    params, state = step(params, state, x, y)
-  return params, init_state, state
+    runs = step(runs, x, y)
+  return [(params, init, state) for (params, state), init in zip(runs, inits)]
 
 
 @pytest.fixture(scope="module")
@@ -138,14 +145,15 @@ def test_mesh_runs_match_one_device_and_state_stays_sharded(name, mesh):
 def _check_mesh_runs(name, mesh):
   host = TwoLayer(dtype=jnp.float64 if name in FLOAT64 else jnp.float32)
   tx = gradkit.create(name, **_hparams(name))
-  one, _, _ = _run(tx, host, host.params, host.x, host.y)
+  extra = extra_update_args(tx, host)
+  [(one, _, _)] = _runs(tx, host, extra, (host.params,), host.x, host.y)
 
   replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("batch", None))
   batch = (jax.device_put(host.x, rows), jax.device_put(host.y, rows))
-  data_parallel, _, _ = _run(tx, host, jax.device_put(host.params, replicated), *batch)
   layout = {k: rows if k.startswith("w_") else replicated for k in host.params}
   fsdp_params = {k: jax.device_put(v, layout[k]) for k, v in host.params.items()}
-  fsdp, fsdp_init, fsdp_state = _run(tx, host, fsdp_params, *batch)
+  (data_parallel, _, _), (fsdp, fsdp_init, fsdp_state) = _runs(
+      tx, host, extra, (jax.device_put(host.params, replicated), fsdp_params), *batch)
 
   tol = FLOAT64_TOLERANCE if name in FLOAT64 else TOLERANCES.get(name, DEFAULT_TOLERANCE)
   for run, got in (("data-parallel", data_parallel), ("fsdp", fsdp)):
