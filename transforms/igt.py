@@ -31,7 +31,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from optax._src import numerics
 
 from gradkit import _checks
 from gradkit.curvature_products import hessian_vector_product
@@ -179,6 +178,6 @@ def scale_by_harpg(
     out = _normalized(momentum) if normalize else momentum
     new_updates = jax.tree.map(lambda g, x: x.astype(g.dtype), updates, out)
     return new_updates, ScaleByHarpgState(
-        numerics.safe_increment(state.count), state.key, momentum, current)
+        optax.safe_increment(state.count), state.key, momentum, current)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

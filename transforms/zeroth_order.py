@@ -28,7 +28,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from optax._src import numerics
 
 from gradkit import _checks
 from gradkit.transforms.spsa import (
@@ -196,6 +195,6 @@ def estimate_spsa_gradient(
     key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.count)
     estimate = spsa_gradient(obj_fn, params, key, eps=eps, num_perturbations=n,
                              distribution=distribution, mask=mask)
-    return estimate, EstimateSpsaGradientState(numerics.safe_increment(state.count), state.key)
+    return estimate, EstimateSpsaGradientState(optax.safe_increment(state.count), state.key)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
