@@ -8,7 +8,10 @@ whose decay multiplies the trainable tensor only). Defaults: threshold
 2e-3, progressive re-selection after 2500 steps and lambda_rank 5e-4
 (finetune.sh), AdamW betas (0.9, 0.999), eps 1e-8, weight decay 1e-2
 (finetune.py), learning rate 1e-3 * exp(-350 * threshold) (the official
-optimizer's default when no rate is given: 4.97e-4 at 2e-3). The official
+optimizer's default when no rate is given: 4.97e-4 at 2e-3). Re-selection
+restarts AdamW on the new set (zero moments, step count 1 again), as the
+official code re-creates its optimizer; a learning-rate schedule keeps
+running. The official
 decay is applied before the step, p <- (1 - lr wd) p - lr d, which differs
 from descend's p - lr (d + wd p) by O(lr^2 wd).
 """
@@ -50,8 +53,8 @@ def sara(
       threshold 2e-3 (the official rule; recompute it for another threshold).
     threshold: trainable where |w| < threshold. Default 2e-3.
     lambda_rank: weight of the nuclear-norm penalty on the sparse matrix. Default 5e-4.
-    progressive_iter: steps after which the trainable set is re-selected
-      (None: never). Default 2500.
+    progressive_iter: steps after which the trainable set is re-selected and
+      AdamW restarts on it (None: never). Default 2500.
     max_fraction: at most this fraction of each leaf is trainable (static;
       None means 0.05): the (k,) state size. Default None.
     b1: AdamW's first-moment decay rate. Default 0.9.

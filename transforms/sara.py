@@ -12,11 +12,13 @@ SaRA fine-tunes the weights a pre-trained model barely uses, |w| < threshold
   cap; the official code trains them all);
 - progressive refinement: once, when `refine_at` steps have been taken (the
   official `progressive_iter`, half of training), the set is re-selected by
-  the same rule on the current weights. The official code restarts AdamW from
-  scratch there (and skips that step's update); here positions in both the
-  old and the new set keep their accumulated moments (entries of `inner`'s
-  state that are shaped like the params), new positions start from zero
-  moments under the running step count, and the step's update is applied;
+  the same rule on the current weights and `inner` restarts on it, as the
+  official code re-creates its AdamW there: every sub-state of `inner` that
+  holds per-entry buffers (Adam's moments) is re-initialised together with
+  its step count, so every trainable weight, kept or newly admitted, takes a
+  bias-corrected AdamW step 1 next; sub-states without such buffers (a
+  learning-rate schedule's count) continue, as the official torch scheduler
+  does. The official code also skips that step's update; here it is applied;
 - the low-rank penalty lambda * ||W (.) M||_* on the sparse trainable matrix
   of every 2-D leaf with min(m, n) > `min_dim` (official: Linear weights
   with both sides > 64): its sub-gradient lambda * (U V^T)[M] is added to
@@ -94,6 +96,48 @@ def _scatter(values: Any, indices: Any, like: Any) -> Any:
       values, indices, like)
 
 
+def _is_namedtuple(x: Any) -> bool:
+  return isinstance(x, tuple) and hasattr(x, "_fields")
+
+
+def _restart_buffers(
+    inner: optax.GradientTransformation, state: optax.OptState, fresh: optax.OptState
+) -> optax.OptState:
+  """`fresh` for every sub-state of `inner` holding parameter-shaped buffers, else `state`.
+
+  A NamedTuple sub-state with a field that is a parameter tree (Adam's
+  `mu`, `nu`) is replaced whole, so its step count restarts with its
+  moments; sub-states without such a field (a schedule's step count) are kept.
+
+  Args:
+    inner: the transformation whose state this is (for `optax.tree_map_params`).
+    state: its current state.
+    fresh: `inner.init` of the new parameters, same structure as `state`.
+
+  Returns:
+    The merged state.
+  """
+  marks = optax.tree_map_params(inner, lambda _: True, state,
+                                transform_non_params=lambda _: False)
+
+  def holds_buffers(mark):
+    leaves = jax.tree.leaves(mark)
+    return bool(leaves) and all(leaves)
+
+  def merge(old, new, mark):
+    if _is_namedtuple(old):
+      if any(holds_buffers(m) for m in mark):
+        return new
+      return type(old)(*(merge(o, n, m) for o, n, m in zip(old, new, mark)))
+    if isinstance(old, (tuple, list)):
+      return type(old)(merge(o, n, m) for o, n, m in zip(old, new, mark))
+    if isinstance(old, dict):
+      return {key: merge(old[key], new[key], mark[key]) for key in old}
+    return new if holds_buffers(mark) else old
+
+  return merge(state, fresh, marks)
+
+
 def restrict_to_small_weights(
     inner: optax.GradientTransformation,
     threshold: jax.typing.ArrayLike = 2e-3,
@@ -140,17 +184,9 @@ def restrict_to_small_weights(
 
   def refine(state, params):
     indices, active = select_small_weights(params, threshold, max_fraction)
-
-    def match(old_index, old_active, new_index, new_active):
-      slot = jnp.clip(jnp.searchsorted(old_index, new_index), 0, old_index.shape[0] - 1)
-      kept = (old_index[slot] == new_index) & old_active[slot] & new_active
-      return slot, kept
-
-    slots, kept = _unzip(jax.tree.map(match, state.indices, state.active, indices, active),
-                         indices)
-    inner_state = optax.tree_map_params(
-        inner, lambda v, s, k: jnp.where(k, v[s], jnp.zeros_like(v[s])), state.inner, slots, kept)
-    return state._replace(indices=indices, active=active, inner=inner_state)
+    fresh = inner.init(zeros_like_selection(indices))
+    return state._replace(indices=indices, active=active,
+                          inner=_restart_buffers(inner, state.inner, fresh))
 
   def penalty(p, index, active):
     if p.ndim != 2 or min(p.shape) <= min_dim:

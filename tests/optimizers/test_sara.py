@@ -70,3 +70,45 @@ def test_sara_works_under_inject_hyperparams():
   injected, _ = run_updates_and_state(
       optax.inject_hyperparams(sara)(learning_rate=0.01), params, grads)
   np.testing.assert_allclose(plain[-1]["w"], injected[-1]["w"], rtol=1e-5, atol=1e-6)
+
+
+def test_reselection_restarts_adamw_so_admitted_weights_take_a_bias_corrected_first_step():
+  # k = 4 of 8 trainable; the gradients push the trainable (smallest) weights
+  # outwards, so re-selection after 3 steps admits weights frozen until then.
+  # Oracle: the official optimizer re-creates torch AdamW on the new selection
+  # (zero moments, step count 1 again); float64, written from AdamW's rule.
+  w0 = np.array([0.01, -0.02, 0.03, -0.04, 0.2, -0.25, 0.5, -0.6])
+  rng = np.random.default_rng(5)
+  grads = [-np.sign(w0) * rng.uniform(0.5, 1.5, size=8) for _ in range(7)]
+  lr, wd, eps, refine_at, k = 0.1, 1e-2, 1e-8, 3, 4
+  history, _ = run_updates_and_state(
+      sara(learning_rate=lr, threshold=10.0, max_fraction=0.5, progressive_iter=refine_at,
+           weight_decay=wd, lambda_rank=0.0),
+      f32({"w": w0}), [f32({"w": g}) for g in grads])
+  w = np.float32(w0).astype(np.float64)
+  mask = np.zeros(8, bool)
+  mask[np.argsort(np.abs(w))[:k]] = True
+  masks = [mask]
+  m = v = np.zeros(8)
+  n = 0
+  for t, g in enumerate(grads):
+    if t == refine_at:
+      mask = np.zeros(8, bool)
+      mask[np.argsort(np.abs(w))[:k]] = True
+      masks.append(mask)
+      m, v, n = np.zeros(8), np.zeros(8), 0
+    n += 1
+    m = np.where(mask, 0.9 * m + 0.1 * g, 0.0)
+    v = np.where(mask, 0.999 * v + 0.001 * g * g, 0.0)
+    step = (m / (1 - 0.9 ** n)) / (np.sqrt(v / (1 - 0.999 ** n)) + eps)
+    w_next = np.where(mask, w - lr * (step + wd * w), w)
+    np.testing.assert_allclose(history[t]["w"], w_next, rtol=1e-5, atol=1e-6)
+    w = w_next
+  admitted = masks[1] & ~masks[0]
+  assert admitted.any() and (masks[0] & masks[1]).any() and (masks[0] & ~masks[1]).any()
+  # An admitted weight's first step is AdamW's step 1: lr (g / (|g| + eps) + wd w).
+  before = np.asarray(history[refine_at - 1]["w"], np.float64)[admitted]
+  after = np.asarray(history[refine_at]["w"], np.float64)[admitted]
+  g = grads[refine_at][admitted]
+  np.testing.assert_allclose(before - after, lr * (g / (np.abs(g) + eps) + wd * before),
+                             rtol=1e-5)

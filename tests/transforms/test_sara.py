@@ -1,4 +1,4 @@
-"""SaRA's sparse trainable set: frozen weights never move; moments survive refinement."""
+"""SaRA's sparse trainable set: frozen weights never move; refinement restarts AdamW."""
 
 from __future__ import annotations
 
@@ -18,24 +18,26 @@ def adamw():
   return descend(optax.scale_by_adam(B1, B2, EPS), learning_rate=LR, weight_decay=WD)
 
 
-def numpy_masked_adamw(w, grads, refine_at=None):
+def numpy_masked_adamw(w, grads, refine_at=None, lr=lambda t: LR):
   """AdamW on |w| < THRESHOLD; at refine_at the mask is re-selected on the current
-  weights and positions in both masks keep their moments. Float64."""
+  weights and AdamW restarts there (zero moments, step count 1 again), as the
+  official optimizer re-creates its torch AdamW; the learning-rate schedule lr(t)
+  runs on the global step t. Float64."""
   w = w.copy()
   mask = np.abs(w) < THRESHOLD
   masks = [mask]
   m, v = np.zeros_like(w), np.zeros_like(w)
-  history = []
+  history, start = [], 0
   for t, g in enumerate(grads):
     if t == refine_at:
-      new = np.abs(w) < THRESHOLD
-      m, v = np.where(mask & new, m, 0.0), np.where(mask & new, v, 0.0)
-      mask = new
+      mask = np.abs(w) < THRESHOLD
       masks.append(mask)
+      m, v, start = np.zeros_like(w), np.zeros_like(w), t
+    n = t - start + 1  # AdamW's own step count
     m = np.where(mask, B1 * m + (1 - B1) * g, 0.0)
     v = np.where(mask, B2 * v + (1 - B2) * g * g, 0.0)
-    step = (m / (1 - B1 ** (t + 1))) / (np.sqrt(v / (1 - B2 ** (t + 1))) + EPS) + WD * w
-    w = np.where(mask, w - LR * step, w)
+    step = (m / (1 - B1 ** n)) / (np.sqrt(v / (1 - B2 ** n)) + EPS) + WD * w
+    w = np.where(mask, w - lr(t) * step, w)
     history.append(w.copy())
   return history, masks
 
@@ -69,7 +71,7 @@ def test_weights_outside_the_mask_never_change_and_inside_follow_adamw():
     np.testing.assert_allclose(g, h, atol=2e-5)
 
 
-def test_refinement_keeps_the_moments_of_positions_that_stay():
+def test_refinement_restarts_adamw_on_the_new_selection():
   w, grads = problem(1, steps=7)
   tx = restrict_to_small_weights(adamw(), THRESHOLD, max_fraction=1.0, refine_at=3)
   got, state = run(tx, w, grads)
@@ -84,6 +86,17 @@ def test_refinement_keeps_the_moments_of_positions_that_stay():
   active = np.zeros(w.size, bool)
   active[np.asarray(state.indices["w"])[np.asarray(state.active["w"])]] = True
   np.testing.assert_array_equal(active.reshape(w.shape), after)
+
+
+def test_refinement_keeps_the_learning_rate_schedule_running():
+  w, grads = problem(4, steps=5)
+  schedule = optax.exponential_decay(LR, transition_steps=1, decay_rate=0.5)
+  inner = descend(optax.scale_by_adam(B1, B2, EPS), learning_rate=schedule, weight_decay=WD)
+  got, _ = run(restrict_to_small_weights(inner, THRESHOLD, max_fraction=1.0, refine_at=2),
+               w, grads)
+  want, _ = numpy_masked_adamw(w, grads, refine_at=2, lr=lambda t: LR * 0.5 ** t)
+  for g, h in zip(got, want):
+    np.testing.assert_allclose(g, h, atol=2e-5)
 
 
 def test_moments_are_stored_for_k_positions_only_and_the_smallest_are_chosen():
