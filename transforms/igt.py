@@ -44,36 +44,44 @@ def _normalized(tree: Any) -> Any:
 
 
 class ScaleByNormalizedIgtState(NamedTuple):
-  """Momentum d_{t-1} and the extrapolation offset held in the caller's params."""
+  """Step count, momentum d_{t-1} and the extrapolation offset held in the caller's params."""
 
+  count: jax.Array  # int32: steps taken; a schedule eta is read at count and count + 1
   momentum: optax.Updates  # d_{t-1}, float32; zeros at t = 0
-  offset: optax.Updates  # ((1 - eta)/eta) * (last normalized direction); zeros at t = 0
+  offset: optax.Updates  # ((1 - eta_t)/eta_t) * (last normalized direction); zeros at t = 0
 
 
-def scale_by_normalized_igt(eta: jax.typing.ArrayLike = 0.1) -> optax.GradientTransformation:
+def scale_by_normalized_igt(eta: optax.ScalarOrSchedule = 0.1) -> optax.GradientTransformation:
   """N-PG-IGT: normalized momentum of gradients taken at an extrapolated point.
 
   The caller's params are the extrapolated point th~_t, where the gradient
-  is evaluated; the true iterate th_t = th~_t + lr * offset is kept implicit.
-  With D_t = d_t / ||d_t|| and the momentum
+  is evaluated; the true iterate th_t = th~_t + lr * offset_t is kept
+  implicit. With D_t = d_t / ||d_t|| and the momentum
 
-    d_t = (1 - eta) d_{t-1} + eta g(th~_t),  d_{-1} = 0,
+    d_t = (1 - eta_t) d_{t-1} + eta_t g(th~_t),  d_{-1} = 0,
 
   the true iterate moves th_{t+1} = th_t - lr D_t; the output moves the
-  caller's params from th~_t to th~_{t+1} = th_{t+1} + ((1-eta)/eta)(th_{t+1} - th_t):
+  caller's params from th~_t to the next gradient point, extrapolated with
+  the next step's weight as in the paper,
+  th~_{t+1} = th_{t+1} + ((1 - eta_{t+1})/eta_{t+1})(th_{t+1} - th_t):
 
-    u_t = D_t + offset_{t+1} - offset_t,  offset_{t+1} = ((1 - eta)/eta) D_t,
+    u_t = D_t + offset_{t+1} - offset_t,
+    offset_{t+1} = ((1 - eta_{t+1})/eta_{t+1}) D_t,
 
-  in units of the learning rate that follows (so exact for a constant
-  learning rate; a scheduled eta is exact too, a scheduled learning rate
-  transports the previous offset at the current rate).
+  in units of the learning rate that follows (exact for a constant learning
+  rate; a scheduled learning rate transports the previous offset at the
+  current rate).
 
   Args:
-    eta: momentum weight eta in (0, 1] (paper: eta_t; a schedule may be
-      injected with `optax.inject_hyperparams`). Default 0.1.
+    eta: momentum weight eta_t in (0, 1], a float or a schedule of the step
+      count (paper: eta_t). A schedule passed here is exact: step t reads
+      eta_t and eta_{t+1}. Under `optax.inject_hyperparams` only the current
+      value is seen, so the point th~_{t+1} is extrapolated with eta_t
+      instead of eta_{t+1} (exact only for a constant eta). Default 0.1.
 
   Returns:
-    An `optax.GradientTransformation`; state: two parameter-sized buffers.
+    An `optax.GradientTransformation`; state: a step count and two
+    parameter-sized buffers.
 
   References:
     Fatkhullin, Barakat, Kireeva & He, "Stochastic Policy Gradient Methods: Improved Sample
@@ -86,20 +94,26 @@ def scale_by_normalized_igt(eta: jax.typing.ArrayLike = 0.1) -> optax.GradientTr
   _checks.check_positive("eta", eta)
   _checks.check_unit_interval("eta", eta, closed=True)
 
+  def eta_at(count):
+    return eta(count) if callable(eta) else eta
+
   def init_fn(params):
     zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-    return ScaleByNormalizedIgtState(momentum=zeros, offset=zeros)
+    return ScaleByNormalizedIgtState(jnp.zeros([], jnp.int32), momentum=zeros, offset=zeros)
 
   def update_fn(updates, state, params=None):
     del params
+    count = optax.safe_increment(state.count)
+    eta_now, eta_next = eta_at(state.count), eta_at(count)
     momentum = jax.tree.map(
-        lambda d, g: (1.0 - eta) * d + eta * g.astype(jnp.float32), state.momentum, updates)
+        lambda d, g: (1.0 - eta_now) * d + eta_now * g.astype(jnp.float32),
+        state.momentum, updates)
     direction = _normalized(momentum)
-    offset = jax.tree.map(lambda x: (1.0 - eta) / eta * x, direction)
+    offset = jax.tree.map(lambda x: (1.0 - eta_next) / eta_next * x, direction)
     new_updates = jax.tree.map(
         lambda g, x, o_new, o_old: (x + o_new - o_old).astype(g.dtype),
         updates, direction, offset, state.offset)
-    return new_updates, ScaleByNormalizedIgtState(momentum, offset)
+    return new_updates, ScaleByNormalizedIgtState(count, momentum, offset)
 
   return optax.GradientTransformation(init_fn, update_fn)
 

@@ -48,6 +48,28 @@ def test_normalized_igt_follows_the_papers_extrapolated_steps():
   np.testing.assert_allclose(steps_taken, gamma, rtol=1e-12)
 
 
+@pytest.mark.parametrize("schedule", [
+    optax.linear_schedule(0.9, 0.2, 8),
+    optax.cosine_decay_schedule(0.8, 8, alpha=0.25),
+])
+def test_normalized_igt_with_a_scheduled_eta_extrapolates_with_the_current_eta(schedule):
+  # The paper's step t: th~_t = th_t + ((1 - eta_t)/eta_t)(th_t - th_{t-1}),
+  # d_t = (1 - eta_t) d_{t-1} + eta_t g(th~_t), th_{t+1} = th_t - gamma d_t/||d_t||;
+  # the caller's params are th~_t. Float64, eta_t read from the schedule at t.
+  gamma, steps = 0.1, 8
+  points, _ = run(scale_by_normalized_igt(schedule), steps, quadratic, gamma)
+  theta, theta_prev, d = np.zeros(2), np.zeros(2), np.zeros(2)
+  for t in range(steps):
+    eta = float(schedule(t))
+    tilde = theta + (1 - eta) / eta * (theta - theta_prev)
+    np.testing.assert_allclose(points[t], tilde, atol=1e-5)
+    d = (1 - eta) * d + eta * Q @ (tilde - THETA_STAR)
+    theta_prev, theta = theta, theta - gamma * d / np.linalg.norm(d)
+  eta = float(schedule(steps))
+  np.testing.assert_allclose(points[steps], theta + (1 - eta) / eta * (theta - theta_prev),
+                             atol=1e-5)
+
+
 def test_harpg_momentum_equals_the_true_gradient_on_a_quadratic():
   eta, gamma = 0.3, 0.1
   points, outputs = run(scale_by_harpg(eta, normalize=False), 5, quadratic, gamma, extra=True)
