@@ -34,6 +34,7 @@ _STEP_LAW_LR = (1.79, -0.713, 0.307)
 _STEP_LAW_BATCH = (0.58, 0.571)
 
 TESTS = ("norm", "inner_product", "augmented_inner_product")
+STATISTICS = ("per_tensor", "global")
 
 
 def scale_learning_rate(
@@ -132,17 +133,47 @@ def norm_test(per_example_grads: Any, eta: jax.typing.ArrayLike) -> jax.Array:
   return _ratio(variance, eta**2 * mean_sq)
 
 
-def _inner_products(leaves, means):
-  return sum(g @ m for g, m in zip(leaves, means)), sum(jnp.sum(m**2) for m in means)
+def _check_statistics(statistics: str) -> None:
+  if statistics not in STATISTICS:
+    raise ValueError(f"statistics must be one of {STATISTICS}, got {statistics!r}")
 
 
-def inner_product_test(per_example_grads: Any, theta: jax.typing.ArrayLike) -> jax.Array:
+def _unbiased_variance(x: jax.Array) -> jax.Array:
+  """Sum over trailing axes of the 1/(b-1) variance along the batch axis 0."""
+  return jnp.sum((x - x.mean(axis=0)) ** 2) / (x.shape[0] - 1)
+
+
+def _projection_coefficients(leaves, means, statistics):
+  """Per leaf, the (b,) coefficients <g_i, g_bar> / ||g_bar||^2 of the projection on g_bar.
+
+  "per_tensor": each leaf on its own mean (zero for a leaf whose mean is
+  zero: the projection on the zero vector); "global": every leaf on the
+  whole mean vector.
+  """
+  dots = [g @ m for g, m in zip(leaves, means)]
+  squares = [jnp.sum(m**2) for m in means]
+  if statistics == "global":
+    coef = _ratio(sum(dots), sum(squares))
+    return [coef] * len(leaves)
+  return [jnp.where(sq > 0, d / jnp.where(sq > 0, sq, 1.0), 0.0) for d, sq in zip(dots, squares)]
+
+
+def inner_product_test(
+    per_example_grads: Any, theta: jax.typing.ArrayLike, statistics: str = "per_tensor"
+) -> jax.Array:
   """T = Var_i(<g_i, g_bar>) / (theta^2 ||g_bar||^4), unbiased 1/(b-1) variance.
+
+  With `statistics="per_tensor"` (the official tests.py) the variance is
+  sum_l Var_i(<g_i^l, g_bar^l>) over the leaves l; with "global" it is the
+  variance of the inner product of the whole concatenated vectors,
+  Var_i(sum_l <g_i^l, g_bar^l>), which adds the covariances between leaves.
+  ||g_bar||^2 = sum_l ||g_bar^l||^2 either way; one leaf gives the same T.
 
   Args:
     per_example_grads: gradient tree with a leading batch axis of size b >= 2
       on every leaf.
     theta: the inner-product test's tolerance (AdAdaGrad uses 0.1).
+    statistics: "per_tensor" (official) or "global" (static). Default "per_tensor".
 
   Returns:
     The scalar statistic T (+inf when the mean gradient is zero).
@@ -151,19 +182,34 @@ def inner_product_test(per_example_grads: Any, theta: jax.typing.ArrayLike) -> j
     Lau, Liu & Kolar, "AdAdaGrad: Adaptive Batch Size Schemes for Adaptive Gradient Methods", 2024.
     https://arxiv.org/abs/2402.11215 ; official code: https://github.com/timlautk/AdAdaGrad
   """
-  leaves, means, b = _batch_stats(per_example_grads)
-  dots, mean_sq = _inner_products(leaves, means)
-  variance = jnp.sum((dots - dots.mean()) ** 2) / (b - 1)
+  _check_statistics(statistics)
+  leaves, means, _ = _batch_stats(per_example_grads)
+  dots = [g @ m for g, m in zip(leaves, means)]
+  if statistics == "global":
+    variance = _unbiased_variance(sum(dots))
+  else:
+    variance = sum(_unbiased_variance(d) for d in dots)
+  mean_sq = sum(jnp.sum(m**2) for m in means)
   return _ratio(variance, theta**2 * mean_sq**2)
 
 
-def orthogonality_test(per_example_grads: Any, nu: jax.typing.ArrayLike) -> jax.Array:
+def orthogonality_test(
+    per_example_grads: Any, nu: jax.typing.ArrayLike, statistics: str = "per_tensor"
+) -> jax.Array:
   """T = sum_j Var_i([g_i - (<g_i,g_bar>/||g_bar||^2) g_bar]_j) / (nu^2 ||g_bar||^2).
+
+  With `statistics="per_tensor"` (the official tests.py) each leaf's
+  per-example gradients are projected off that leaf's own mean,
+  g_i^l - (<g_i^l, g_bar^l>/||g_bar^l||^2) g_bar^l, and the variances are
+  summed over leaves (a leaf with a zero mean keeps g_i^l whole); with
+  "global" the projection is on the whole concatenated mean vector. The
+  denominator is nu^2 sum_l ||g_bar^l||^2 either way; one leaf gives the same T.
 
   Args:
     per_example_grads: gradient tree with a leading batch axis of size b >= 2
       on every leaf.
     nu: the orthogonality test's tolerance (AdAdaGrad uses 0.1).
+    statistics: "per_tensor" (official) or "global" (static). Default "per_tensor".
 
   Returns:
     The scalar statistic T (+inf when the mean gradient is zero).
@@ -172,18 +218,20 @@ def orthogonality_test(per_example_grads: Any, nu: jax.typing.ArrayLike) -> jax.
     Lau, Liu & Kolar, "AdAdaGrad: Adaptive Batch Size Schemes for Adaptive Gradient Methods", 2024.
     https://arxiv.org/abs/2402.11215 ; official code: https://github.com/timlautk/AdAdaGrad
   """
-  leaves, means, b = _batch_stats(per_example_grads)
-  dots, mean_sq = _inner_products(leaves, means)
-  coef = _ratio(dots, mean_sq)
-  variance = 0.0
-  for g, m in zip(leaves, means):
-    orth = g - coef[:, None] * m[None, :]
-    variance += jnp.sum((orth - orth.mean(axis=0)) ** 2)
-  return _ratio(variance / (b - 1), nu**2 * mean_sq)
+  _check_statistics(statistics)
+  leaves, means, _ = _batch_stats(per_example_grads)
+  coefs = _projection_coefficients(leaves, means, statistics)
+  variance = sum(_unbiased_variance(g - c[:, None] * m[None, :])
+                 for g, m, c in zip(leaves, means, coefs))
+  mean_sq = sum(jnp.sum(m**2) for m in means)
+  return _ratio(variance, nu**2 * mean_sq)
 
 
 def augmented_inner_product_test(
-    per_example_grads: Any, theta: jax.typing.ArrayLike, nu: jax.typing.ArrayLike
+    per_example_grads: Any,
+    theta: jax.typing.ArrayLike,
+    nu: jax.typing.ArrayLike,
+    statistics: str = "per_tensor",
 ) -> jax.Array:
   """max(inner-product test with theta, orthogonality test with nu).
 
@@ -192,6 +240,8 @@ def augmented_inner_product_test(
       on every leaf.
     theta: tolerance of the inner-product test.
     nu: tolerance of the orthogonality test.
+    statistics: "per_tensor" (official) or "global" (static); see
+      `inner_product_test`. Default "per_tensor".
 
   Returns:
     The scalar statistic T.
@@ -200,8 +250,8 @@ def augmented_inner_product_test(
     Lau, Liu & Kolar, "AdAdaGrad: Adaptive Batch Size Schemes for Adaptive Gradient Methods", 2024.
     https://arxiv.org/abs/2402.11215 ; official code: https://github.com/timlautk/AdAdaGrad
   """
-  return jnp.maximum(inner_product_test(per_example_grads, theta),
-                     orthogonality_test(per_example_grads, nu))
+  return jnp.maximum(inner_product_test(per_example_grads, theta, statistics),
+                     orthogonality_test(per_example_grads, nu, statistics))
 
 
 def adaptive_batch_statistic(
@@ -210,6 +260,7 @@ def adaptive_batch_statistic(
     eta: jax.typing.ArrayLike = 0.1,
     theta: jax.typing.ArrayLike = 0.1,
     nu: jax.typing.ArrayLike = 0.1,
+    statistics: str = "per_tensor",
 ) -> jax.Array:
   """The statistic of `test` ("norm", "inner_product" or "augmented_inner_product").
 
@@ -220,6 +271,10 @@ def adaptive_batch_statistic(
     eta: tolerance of the norm test. Default 0.1.
     theta: tolerance of the inner-product test. Default 0.1.
     nu: tolerance of the orthogonality test. Default 0.1.
+    statistics: "per_tensor" (official: per-leaf inner products and
+      projections, summed) or "global" (the concatenated vector) for the
+      inner-product and orthogonality tests; the norm test is the same
+      either way. Default "per_tensor".
 
   Returns:
     The scalar statistic T.
@@ -228,12 +283,13 @@ def adaptive_batch_statistic(
     Lau, Liu & Kolar, "AdAdaGrad: Adaptive Batch Size Schemes for Adaptive Gradient Methods", 2024.
     https://arxiv.org/abs/2402.11215 ; official code: https://github.com/timlautk/AdAdaGrad
   """
+  _check_statistics(statistics)
   if test == "norm":
     return norm_test(per_example_grads, eta)
   if test == "inner_product":
-    return inner_product_test(per_example_grads, theta)
+    return inner_product_test(per_example_grads, theta, statistics)
   if test == "augmented_inner_product":
-    return augmented_inner_product_test(per_example_grads, theta, nu)
+    return augmented_inner_product_test(per_example_grads, theta, nu, statistics)
   raise ValueError(f"test must be one of {TESTS}, got {test!r}")
 
 
@@ -245,6 +301,7 @@ def next_batch_size(
     eta: jax.typing.ArrayLike = 0.1,
     theta: jax.typing.ArrayLike = 0.1,
     nu: jax.typing.ArrayLike = 0.1,
+    statistics: str = "per_tensor",
 ) -> jax.Array:
   """b_{k+1} = min(max(b_k, ceil(T)), max_batch_size), T = `adaptive_batch_statistic` (int32).
 
@@ -262,6 +319,8 @@ def next_batch_size(
     eta: tolerance of the norm test. Default 0.1.
     theta: tolerance of the inner-product test. Default 0.1.
     nu: tolerance of the orthogonality test. Default 0.1.
+    statistics: "per_tensor" (official) or "global" (static); see
+      `adaptive_batch_statistic`. Default "per_tensor".
 
   Returns:
     The next batch size as an int32 scalar.
@@ -270,7 +329,7 @@ def next_batch_size(
     Lau, Liu & Kolar, "AdAdaGrad: Adaptive Batch Size Schemes for Adaptive Gradient Methods", 2024.
     https://arxiv.org/abs/2402.11215 ; official code: https://github.com/timlautk/AdAdaGrad
   """
-  statistic = adaptive_batch_statistic(per_example_grads, test, eta, theta, nu)
+  statistic = adaptive_batch_statistic(per_example_grads, test, eta, theta, nu, statistics)
   cap = jnp.asarray(max_batch_size, jnp.float32)
   # The 1e-6 relative slack keeps float32 round-off on an integer-valued
   # statistic (40.000004 for 40) from adding a sample.
@@ -286,7 +345,7 @@ class AdaptiveBatchSizeController:
   `update(per_example_grads)` applies `next_batch_size` (jitted once per
   input shape) to the current batch's per-example gradients. Defaults are the
   official code's: norm test, eta = theta = nu = 0.1, interval 1, initial
-  batch 64, maximum 50,000. The caller maps the global batch onto
+  batch 64, maximum 50,000, per-tensor statistics. The caller maps the global batch onto
   micro-batches / accumulation steps (bucketing sizes limits recompiles).
 
   Args:
@@ -297,6 +356,8 @@ class AdaptiveBatchSizeController:
     theta: tolerance of the inner-product test. Default 0.1.
     nu: tolerance of the orthogonality test. Default 0.1.
     test_interval: steps between two tests. Default 1.
+    statistics: "per_tensor" (official) or "global"; see
+      `adaptive_batch_statistic`. Default "per_tensor".
 
   References:
     Lau, Liu & Kolar, "AdAdaGrad: Adaptive Batch Size Schemes for Adaptive Gradient Methods", 2024.
@@ -318,9 +379,11 @@ class AdaptiveBatchSizeController:
       theta: float = 0.1,
       nu: float = 0.1,
       test_interval: int = 1,
+      statistics: str = "per_tensor",
   ):
     if test not in TESTS:
       raise ValueError(f"test must be one of {TESTS}, got {test!r}")
+    _check_statistics(statistics)
     for name, value in (("eta", eta), ("theta", theta), ("nu", nu)):
       _checks.check_positive(name, value)
     for name, value in (("initial_batch_size", initial_batch_size),
@@ -335,7 +398,7 @@ class AdaptiveBatchSizeController:
     self.test_interval = int(test_interval)
     self.step = 0
     self._next = jax.jit(lambda g, b: next_batch_size(
-        g, b, self.max_batch_size, test, eta, theta, nu))
+        g, b, self.max_batch_size, test, eta, theta, nu, statistics))
 
   def update(self, per_example_grads: Any) -> int:
     """Runs the test if due and returns the batch size for the next step."""

@@ -62,11 +62,77 @@ def test_sheet_next_batch_size(test, kwargs, expected):
   assert int(step(SHEET, 4)) == expected
 
 
-def test_tree_of_leaves_is_one_concatenated_vector():
+def test_global_statistics_treat_the_tree_as_one_concatenated_vector():
   tree = {"a": SHEET[:, :2], "b": SHEET[:, 2:]}
   np.testing.assert_allclose(norm_test(tree, 0.1), norm_test(SHEET, 0.1), rtol=1e-6)
-  np.testing.assert_allclose(orthogonality_test(tree, 0.1), orthogonality_test(SHEET, 0.1),
-                             rtol=1e-6)
+  for test in (inner_product_test, orthogonality_test):
+    np.testing.assert_allclose(test(tree, 0.1, statistics="global"), test(SHEET, 0.1),
+                               rtol=1e-6)
+
+
+# Two leaves, b = 5 per-example gradients: a (5, 3) vector leaf and a (5, 2, 2) matrix leaf.
+TWO_LEAVES = {
+    "a": np.array([[1.13, -0.63, 0.94], [1.1, -1.04, 0.66], [2.3, 0.45, -0.4],
+                   [-0.27, -1.12, 0.34], [-1.33, -0.72, -0.95]]),
+    "b": np.array([[[0.03, -0.07], [-0.96, 0.31]], [[0.92, 0.14], [-0.12, -0.23]],
+                   [[0.58, 0.65], [-0.75, -0.27]], [[-0.06, -0.03], [-0.69, -0.4]],
+                   [[0.3, 0.12], [-0.53, 0.21]]]),
+}
+
+
+def _numpy_inner_product_and_orthogonality(leaves, theta, nu):
+  """Float64 (T_ip, T_orth) with the variances summed over `leaves`, each on its own mean,
+  as timlautk/AdAdaGrad tests.py (`inner_product_test`, `orthogonality_test`) does."""
+  ip_variance = orth_variance = mean_sq = 0.0
+  for g in leaves:
+    g = g.reshape(g.shape[0], -1)
+    mean = g.mean(axis=0)
+    dots = g @ mean
+    ip_variance += np.var(dots, ddof=1)
+    orth = g - np.outer(dots, mean) / (mean @ mean)
+    orth_variance += np.var(orth, axis=0, ddof=1).sum()
+    mean_sq += mean @ mean
+  return ip_variance / (theta**2 * mean_sq**2), orth_variance / (nu**2 * mean_sq)
+
+
+def test_inner_product_and_orthogonality_sum_per_tensor_statistics_by_default():
+  theta, nu = 0.1, 0.2
+  tree = {k: jnp.asarray(v, jnp.float32) for k, v in TWO_LEAVES.items()}
+  per_tensor = _numpy_inner_product_and_orthogonality(list(TWO_LEAVES.values()), theta, nu)
+  concatenated = np.concatenate([v.reshape(5, -1) for v in TWO_LEAVES.values()], axis=1)
+  whole = _numpy_inner_product_and_orthogonality([concatenated], theta, nu)
+  assert abs(per_tensor[0] / whole[0] - 1) > 0.05 and abs(per_tensor[1] / whole[1] - 1) > 0.05
+  for statistics, (ip, orth) in (("per_tensor", per_tensor), ("global", whole)):
+    np.testing.assert_allclose(inner_product_test(tree, theta, statistics=statistics), ip,
+                               rtol=1e-5)
+    np.testing.assert_allclose(orthogonality_test(tree, nu, statistics=statistics), orth,
+                               rtol=1e-5)
+    np.testing.assert_allclose(
+        augmented_inner_product_test(tree, theta, nu, statistics=statistics), max(ip, orth),
+        rtol=1e-5)
+    np.testing.assert_allclose(adaptive_batch_statistic(
+        tree, "augmented_inner_product", theta=theta, nu=nu, statistics=statistics),
+        max(ip, orth), rtol=1e-5)
+  np.testing.assert_allclose(inner_product_test(tree, theta), per_tensor[0], rtol=1e-5)
+  np.testing.assert_allclose(orthogonality_test(tree, nu), per_tensor[1], rtol=1e-5)
+  step = jax.jit(lambda g: next_batch_size(g, 5, 10_000, "augmented_inner_product",
+                                           theta=theta, nu=nu))
+  assert int(step(tree)) == int(np.ceil(max(per_tensor)))
+  controller = AdaptiveBatchSizeController(5, 10_000, "inner_product", theta=theta,
+                                           statistics="global")
+  assert controller.update(tree) == max(5, int(np.ceil(whole[0])))
+
+
+def test_per_tensor_orthogonality_keeps_a_zero_mean_leaf_whole():
+  zero_mean = np.array([[1.0, -2.0], [-1.0, 2.0], [0.0, 0.0]])
+  tree = {"a": jnp.asarray(TWO_LEAVES["a"][:3], jnp.float32),
+          "z": jnp.asarray(zero_mean, jnp.float32)}
+  a = TWO_LEAVES["a"][:3]
+  mean = a.mean(axis=0)
+  orth = a - np.outer(a @ mean, mean) / (mean @ mean)
+  variance = np.var(orth, axis=0, ddof=1).sum() + np.var(zero_mean, axis=0, ddof=1).sum()
+  np.testing.assert_allclose(orthogonality_test(tree, 0.5), variance / (0.25 * mean @ mean),
+                             rtol=1e-5)
 
 
 def _constructed(mean, sigma, batch):
@@ -126,6 +192,9 @@ def test_statistic_dispatch():
     lambda: AdaptiveBatchSizeController(eta=0.0),
     lambda: AdaptiveBatchSizeController(initial_batch_size=100, max_batch_size=10),
     lambda: AdaptiveBatchSizeController(test_interval=0),
+    lambda: AdaptiveBatchSizeController(statistics="per_leaf"),
+    lambda: inner_product_test(SHEET, 0.1, statistics="tensor"),
+    lambda: adaptive_batch_statistic(SHEET, "norm", statistics="tensor"),
 ])
 def test_invalid_arguments(call):
   with pytest.raises(ValueError):
