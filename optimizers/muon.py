@@ -1,7 +1,8 @@
 """Muon: momentum orthogonalized by Newton–Schulz, AdamW on the other leaves.
 
 On "matrix" leaves (`matrix_labels`): bias-corrected Nesterov EMA momentum
-(`debiased_ema`, beta 0.95), the quintic Newton–Schulz map
+(`debiased_ema`, beta 0.95; `bias_correction=False` gives KellerJordan/Muon's
+uncorrected `muon_update` momentum), the quintic Newton–Schulz map
 (`orthogonalize_newton_schulz`, Muon's coefficients, 5 steps), the width
 scaling sqrt(max(1, fan_out / fan_in)), then decoupled weight decay and -lr.
 This is `optax.contrib.muon`'s matrix branch with its default settings.
@@ -13,7 +14,9 @@ fan_out = out (columns), the same as optax with
 
 "embedding", "head" and "vector" leaves get AdamW (`optax.scale_by_adam`,
 with its Nesterov first moment by default, as optax's fallback) at
-`adam_learning_rate`. The default labelling thus follows Muon's authors
+`adam_learning_rate`. The defaults are optax's; `muon`'s docstring gives
+the arguments for KellerJordan/Muon's (its Newton–Schulz runs in bfloat16,
+here in float32). The default labelling follows Muon's authors
 (embeddings and the output head on AdamW), where `optax.contrib.muon` sends
 every 2-D leaf to Muon unless given `muon_weight_dimension_numbers`.
 
@@ -57,6 +60,7 @@ def muon(
     mask: MaskOrFn = None,
     *,
     nesterov: bool = True,
+    bias_correction: bool = True,
     adam_learning_rate: optax.ScalarOrSchedule | None = None,
     adam_b1: float = 0.9,
     adam_b2: float = 0.999,
@@ -71,7 +75,15 @@ def muon(
 
     mu <- beta mu + (1 - beta) g
     m = beta mu / (1 - beta^(t+1)) + (1 - beta) g / (1 - beta^t)   (nesterov)
+    m = beta mu + (1 - beta) g                  (nesterov, bias_correction=False)
     p <- p - lr * (sqrt(max(1, fan_out / fan_in)) NS5(m) + weight_decay p)
+
+  (without `nesterov`, m = mu / (1 - beta^t), or mu without bias correction).
+  The defaults are optax.contrib.muon's. KellerJordan/Muon's
+  `SingleDeviceMuonWithAuxAdam` (momentum 0.95, no bias correction, NS eps
+  1e-7; auxiliary Adam at lr 3e-4, betas (0.9, 0.95), eps 1e-10, no
+  Nesterov; both weight decays 0) is `muon(bias_correction=False, eps=1e-7,
+  adam_learning_rate=3e-4, adam_b2=0.95, adam_eps=1e-10, adam_nesterov=False)`.
 
   Args:
     learning_rate: Muon's rate (KellerJordan/Muon's default 0.02); a float or
@@ -80,14 +92,19 @@ def muon(
     ns_coefficients: (a, b, c) of the quintic Newton–Schulz step. Default (3.4445, -4.7750, 2.0315).
     ns_steps: Newton–Schulz steps; None means 5 (an int must be listed in
       `static_args` under `optax.inject_hyperparams`). Default None.
-    eps: added to ||m||_F before the Newton–Schulz iteration. Default 1e-8.
+    eps: added to ||m||_F before the Newton–Schulz iteration (optax 1e-8,
+      KellerJordan/Muon 1e-7). Default 1e-8.
     weight_decay: decoupled decay of the matrix leaves. Default 0.0.
     mask: decay mask (tree or callable), for both rules. Default None (every leaf).
     nesterov: Nesterov look-ahead in the Muon momentum (static). Default True.
-    adam_learning_rate: AdamW's rate; None means `learning_rate`. Default None.
+    bias_correction: divide the Muon momentum by 1 - beta^t as optax does
+      (static); False is KellerJordan/Muon's `muon_update`. Default True.
+    adam_learning_rate: AdamW's rate; None means `learning_rate` (optax;
+      KellerJordan/Muon's default is 3e-4). Default None.
     adam_b1: AdamW's first-moment decay. Default 0.9.
-    adam_b2: AdamW's second-moment decay. Default 0.999.
-    adam_eps: added to sqrt(v_hat) (PyTorch/optax placement). Default 1e-8.
+    adam_b2: AdamW's second-moment decay (KellerJordan/Muon 0.95). Default 0.999.
+    adam_eps: added to sqrt(v_hat) (PyTorch/optax placement; KellerJordan/Muon
+      1e-10). Default 1e-8.
     adam_weight_decay: AdamW's decoupled decay. Default 0.0.
     adam_nesterov: NAdam first moment in the fallback (static); True as in
       `optax.contrib.muon` (which ties it to `nesterov`), False for the plain
@@ -124,8 +141,14 @@ def muon(
     adam_learning_rate = learning_rate
   else:
     _checks.check_non_negative("adam_learning_rate", adam_learning_rate)
+  if bias_correction:
+    momentum = debiased_ema(beta, nesterov)
+  else:
+    # (1 - beta) * trace_t is the EMA mu_t, and (1 - beta)(g + beta trace_t) is
+    # the Nesterov beta mu_t + (1 - beta) g: KellerJordan/Muon's two lerps.
+    momentum = optax.chain(optax.trace(beta, nesterov), optax.scale(1.0 - beta))
   matrix = descend(
-      debiased_ema(beta, nesterov),
+      momentum,
       orthogonalize_newton_schulz(
           ns_coefficients, NS_STEPS if ns_steps is None else ns_steps, eps),
       stateless_matrix_transform(_scale_by_width, "muon"),

@@ -150,3 +150,53 @@ def test_vector_labelled_matrix_raises_a_clear_error():
 def test_invalid_hyperparameters_raise(hp):
   with pytest.raises(ValueError):
     muon(**hp)
+
+
+def _keller_jordan_newton_schulz(g):
+  """zeropower_via_newtonschulz5 of KellerJordan/Muon in float64 (torch orientation)."""
+  a, b, c = 3.4445, -4.7750, 2.0315
+  tall = g.shape[0] > g.shape[1]
+  x = g.T if tall else g
+  x = x / (np.linalg.norm(x) + 1e-7)
+  for _ in range(5):
+    gram = x @ x.T
+    x = a * x + (b * gram + c * gram @ gram) @ x
+  return x.T if tall else x
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_official_momentum_and_fallback_follow_keller_jordans_update(nesterov):
+  # KellerJordan/Muon, SingleDeviceMuonWithAuxAdam: muon_update (momentum.lerp_(g, 1 - beta),
+  # then g.lerp_(momentum, beta) with nesterov, else the momentum; no bias correction; NS5;
+  # * max(1, rows/cols)^0.5 on the torch (out, in) weight, the transpose of a Flax (in, out)
+  # kernel), p *= 1 - lr wd, p -= lr u; adam_update on the other leaves (bias-corrected,
+  # betas (0.9, 0.95), eps 1e-10).
+  lr, wd, beta, adam_lr, adam_wd = 0.02, 0.1, 0.95, 3e-4, 0.05
+  rng = np.random.default_rng(3)
+
+  def draw():
+    return {"dense": {"kernel": rng.normal(size=(6, 10)), "bias": rng.normal(size=10)},
+            "proj": {"kernel": rng.normal(size=(10, 4))}}
+
+  params, grads = draw(), [draw() for _ in range(3)]
+  tx = muon(learning_rate=lr, beta=beta, eps=1e-7, weight_decay=wd, nesterov=nesterov,
+            bias_correction=False, adam_learning_rate=adam_lr, adam_b1=0.9, adam_b2=0.95,
+            adam_eps=1e-10, adam_weight_decay=adam_wd, adam_nesterov=False)
+  history = run_updates(tx, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params),
+                        [jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), g) for g in grads])
+  w = {"dense": params["dense"]["kernel"].T, "proj": params["proj"]["kernel"].T}  # (out, in)
+  momentum = {k: np.zeros_like(v) for k, v in w.items()}
+  bias, m1, m2 = params["dense"]["bias"].copy(), np.zeros(10), np.zeros(10)
+  for t, g in enumerate(grads, start=1):
+    for k in w:
+      grad = g[k]["kernel"].T
+      momentum[k] = momentum[k] + (1 - beta) * (grad - momentum[k])
+      update = grad + beta * (momentum[k] - grad) if nesterov else momentum[k]
+      update = _keller_jordan_newton_schulz(update) * max(1, grad.shape[0] / grad.shape[1]) ** 0.5
+      w[k] = w[k] * (1 - lr * wd) - lr * update
+      np.testing.assert_allclose(history[t - 1][k]["kernel"], w[k].T, rtol=1e-4, atol=2e-5)
+    gb = g["dense"]["bias"]
+    m1, m2 = m1 + 0.1 * (gb - m1), m2 + 0.05 * (gb**2 - m2)
+    step = (m1 / (1 - 0.9**t)) / (np.sqrt(m2 / (1 - 0.95**t)) + 1e-10)
+    bias = bias * (1 - adam_lr * adam_wd) - adam_lr * step
+    np.testing.assert_allclose(history[t - 1]["dense"]["bias"], bias, rtol=1e-5, atol=1e-7)
