@@ -27,7 +27,7 @@ import optax
 
 from gradkit.optimizers._recipe import LabelsOrFn, MaskOrFn, descend, matrix_or_fallback
 from gradkit.registry import register
-from gradkit.transforms.cosmos import scale_by_cosmos
+from gradkit.transforms.cosmos import MomentumMode, scale_by_cosmos
 
 RANK = 64
 
@@ -45,6 +45,7 @@ def cosmos(
     mask: MaskOrFn = None,
     *,
     nesterov: bool = True,
+    momentum_mode: MomentumMode = "official",
     param_labels: LabelsOrFn | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """COSMOS on "matrix" leaves, AdamW on "embedding", "head" and "vector" leaves.
@@ -66,6 +67,10 @@ def cosmos(
       (the official code's (1 - lr wd) p before the step: the same map). Default 0.0.
     mask: decay mask (tree or callable). Default None (every leaf).
     nesterov: official `nestrov` (static). Default True.
+    momentum_mode: the matrix direction without Nesterov (static; no effect
+      with `nesterov=True`): "official", G / c1 as the official code, which
+      never reads the stored momentum (so `nesterov=False` has none);
+      "momentum", the bias-corrected momentum M / c1. Default "official".
     param_labels: label tree or callable params -> labels ("matrix",
       "embedding", "head", "vector"); None means `matrix_labels` (a tree or
       callable must be listed in `static_args` under `optax.inject_hyperparams`,
@@ -79,7 +84,8 @@ def cosmos(
     https://arxiv.org/abs/2502.17410 ; official code: https://github.com/lliu606/COSMOS
   """
   matrix = descend(
-      scale_by_cosmos(b1, b2, eps, lr_ratio, RANK if rank is None else rank, gamma, nesterov),
+      scale_by_cosmos(b1, b2, eps, lr_ratio, RANK if rank is None else rank, gamma, nesterov,
+                      momentum_mode=momentum_mode),
       learning_rate=learning_rate, weight_decay=weight_decay, mask=mask)
   fallback = descend(
       optax.scale_by_adam(b1, b2, eps),

@@ -12,18 +12,26 @@ step t = 1, 2, ..., with c1 = (1 - b1^t) / (1 - b1) and c2 = 1 - b2^t:
   t > 1: P = QR(b2 P S + (1 - b2) G^T G P)         (one subspace-iteration step)
   S <- b2 T^T S T + (1 - b2) (G P)^T (G P),  T = P_old^T P  (S_0 = 0)
   V <- b2 V + (1 - b2) (G P)^2                     (m x r, not rotated with P)
-  D = (G + b1 M) / (1 + b1 c1)   (nesterov)   or   G / c1
+  D = (G + b1 M) / (1 + b1 c1)   (nesterov)
+  D = G / c1                     (not nesterov, momentum_mode="official")
+  D = M / c1                     (not nesterov, momentum_mode="momentum")
   A = [(D P) / (sqrt(V) / sqrt(c2) + eps)] P^T
   B = sqrt(mn) NS5(D - D P P^T) / (||.||_F + eps)
   u = lr_ratio sqrt(mn) (A + gamma B) / (||A + gamma B||_F + eps)
 
 so every step has Frobenius norm lr_ratio * sqrt(mn) before the learning
-rate. Deviations from the official code: the Newton–Schulz step
-(`newton_schulz_orthogonalize`, its eps 1e-7 as there) runs in float32, not
-bfloat16; the rank is clamped per matrix to r <= n (the official code fails
-for r > n); and when r = n the complement is exactly zero, so B is dropped
-statically rather than orthogonalizing rounding noise (`cosmos_rank` keeps
-r < m when m < n for the same reason).
+rate. Without Nesterov the official code's D = G / c1 never reads M (which
+it still accumulates), so that path has no momentum at all: G is only
+divided by the momentum's bias correction c1. `momentum_mode="official"`
+(the default) keeps that rule; `"momentum"` uses the bias-corrected
+momentum M / c1 (the weights of G + b1 M sum to 1 + b1 c1, of M to c1).
+
+Deviations from the official code: the Newton–Schulz step
+(`newton_schulz_orthogonalize`, its eps 1e-7 as there) runs in the update's
+dtype (float32 or wider), not bfloat16; the rank is clamped per matrix to
+r <= n (the official code fails for r > n); and when r = n the complement is
+exactly zero, so B is dropped statically rather than orthogonalizing
+rounding noise (`cosmos_rank` keeps r < m when m < n for the same reason).
 
 References:
   L. Liu, Z. Xu, Z. Zhang, H. Kang, Z. Li, C. Liang, W. Chen, T. Zhao, COSMOS:
@@ -34,7 +42,7 @@ References:
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +54,8 @@ from gradkit.transforms.newton_schulz import MUON_COEFFICIENTS, newton_schulz_or
 
 # The official zeropower_via_newtonschulz5's eps.
 _NS_EPS = 1e-7
+MomentumMode = Literal["official", "momentum"]
+_MOMENTUM_MODES = ("official", "momentum")
 
 
 class ScaleByCosmosState(NamedTuple):
@@ -78,14 +88,19 @@ def _top_eigenvectors(gram: jax.Array, r: int) -> jax.Array:
 
 
 def _cosmos_matrix(g, momentum, basis, cov, v, count, hp):
-  """One COSMOS step on a torch-layout (m, n) gradient `g`, all in float32.
+  """One COSMOS step on a torch-layout (m, n) gradient `g`, in g's dtype.
 
   Returns (update, momentum, basis, covariance, second moment).
   """
-  b1, b2, eps, lr_ratio, gamma, nesterov, ns_steps = hp
+  b1, b2, eps, lr_ratio, gamma, nesterov, momentum_mode, ns_steps = hp
+  # The step count and the (possibly injected, hence float64 under x64)
+  # hyperparameters take g's dtype: a float32 b2^t would cost a float64 run
+  # 6e-6 of its step, a float64 b2 would split the dtypes of lax.cond's branches.
+  b1, b2, eps, lr_ratio, gamma = (
+      jnp.asarray(x, g.dtype) for x in (b1, b2, eps, lr_ratio, gamma))
   m, n = g.shape
   r = basis.shape[1]
-  t = count.astype(jnp.float32)
+  t = count.astype(g.dtype)
   momentum = b1 * momentum + g
   new_basis = jax.lax.cond(
       count == 1,
@@ -97,7 +112,12 @@ def _cosmos_matrix(g, momentum, basis, cov, v, count, hp):
   v = b2 * v + (1 - b2) * gp**2
   c1 = (1 - b1**t) / (1 - b1)
   c2 = 1 - b2**t
-  d = (g + b1 * momentum) / (1 + b1 * c1) if nesterov else g / c1
+  if nesterov:
+    d = (g + b1 * momentum) / (1 + b1 * c1)
+  elif momentum_mode == "momentum":
+    d = momentum / c1
+  else:
+    d = g / c1
   dp = d @ new_basis
   direction = (dp / (jnp.sqrt(v) / jnp.sqrt(c2) + eps)) @ new_basis.T
   if r < n:
@@ -117,6 +137,7 @@ def scale_by_cosmos(
     gamma: jax.typing.ArrayLike = 0.2,
     nesterov: bool = True,
     ns_steps: int = 5,
+    momentum_mode: MomentumMode = "official",
 ) -> optax.GradientTransformation:
   """COSMOS's direction for every matrix leaf (module docstring for the rule).
 
@@ -131,6 +152,10 @@ def scale_by_cosmos(
     gamma: weight of the Newton–Schulz complement. Default 0.2.
     nesterov: official `nestrov` (static). Default True.
     ns_steps: Newton–Schulz steps (static int >= 1). Default 5.
+    momentum_mode: the direction without Nesterov (static; no effect with
+      `nesterov=True`): "official", D = G / c1, the official code's rule,
+      which never reads the momentum M; "momentum", D = M / c1, the
+      bias-corrected momentum. Default "official".
 
   Returns:
     An `optax.GradientTransformation` with a `ScaleByCosmosState`; vectors
@@ -155,6 +180,8 @@ def scale_by_cosmos(
   for name, value in (("rank", rank), ("ns_steps", ns_steps)):
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
       raise ValueError(f"{name} must be a static int >= 1, got {value!r}")
+  if momentum_mode not in _MOMENTUM_MODES:
+    raise ValueError(f"momentum_mode must be one of {_MOMENTUM_MODES}, got {momentum_mode!r}")
   method = "scale_by_cosmos"
 
   def zeros(shape_of):
@@ -177,7 +204,7 @@ def scale_by_cosmos(
   def update_fn(updates, state, params=None):
     del params
     count = optax.safe_increment(state.count)
-    hp = (b1, b2, eps, lr_ratio, gamma, nesterov, ns_steps)
+    hp = (b1, b2, eps, lr_ratio, gamma, nesterov, momentum_mode, ns_steps)
 
     def leaf(path, u, momentum, basis, cov, v):
       check_matrix(u, jax.tree_util.keystr(path) or "<root>", method)
