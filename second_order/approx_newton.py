@@ -58,10 +58,10 @@ _NEEDS = {
 class ScaleByApproxNewtonState(NamedTuple):
   """State of `scale_by_approx_newton` after a step."""
 
-  gamma: jax.Array  # float32: the next step's first radius guess.
+  gamma: jax.Array  # compute dtype: the next step's first radius guess.
   num_tries: jax.Array  # int32: trial steps the last update used (1..max_tries).
   accepted: jax.Array  # bool: whether the last update's step was accepted.
-  regularization: jax.Array  # float32: lambda = |g| / gamma of the last trial.
+  regularization: jax.Array  # compute dtype: lambda = |g| / gamma of the last trial.
 
 
 def _curvature(hessian: str, params, obj_fn, extras: dict[str, Any]) -> Callable:
@@ -74,6 +74,11 @@ def _curvature(hessian: str, params, obj_fn, extras: dict[str, Any]) -> Callable
 
 def _sq_norm(tree) -> jax.Array:
   return sum(jnp.sum(x * x) for x in jax.tree.leaves(tree))
+
+
+def _compute_dtype(params) -> jnp.dtype:
+  """The params' floating dtype, float32 at least (bf16 and float16 params compute in float32)."""
+  return jnp.result_type(jnp.float32, *(jnp.result_type(p) for p in jax.tree.leaves(params)))
 
 
 def scale_by_approx_newton(
@@ -93,7 +98,9 @@ def scale_by_approx_newton(
   variant also needs `model_fn` (params -> outputs) and `loss_of_outputs`
   (outputs -> scalar), the Fisher one `per_example_loss_fn` (params -> vector
   of losses whose mean is the objective). Missing ones raise a TypeError
-  naming them. Computed in float32; output in each leaf's dtype.
+  naming them. Computed in the params' dtype, float32 at least (so in
+  float32 for bf16 params, in float64 for float64 ones), the radius gamma
+  included; output in each leaf's dtype.
 
   Args:
     hessian: "exact", "gauss_newton" or "fisher" (static). Default "exact".
@@ -117,12 +124,12 @@ def scale_by_approx_newton(
     _checks.check_positive(name, value)
 
   def init_fn(params):
-    del params
+    dtype = _compute_dtype(params)
     return ScaleByApproxNewtonState(
-        gamma=jnp.asarray(gamma_init, jnp.float32),
+        gamma=jnp.asarray(gamma_init, dtype),
         num_tries=jnp.zeros([], jnp.int32),
         accepted=jnp.zeros([], bool),
-        regularization=jnp.zeros([], jnp.float32),
+        regularization=jnp.zeros([], dtype),
     )
 
   def update_fn(updates, state, params=None, *, obj_fn=None, **extra_args):
@@ -133,9 +140,14 @@ def scale_by_approx_newton(
                       f"{', '.join(missing)}")
     if params is None:
       raise ValueError("approx_newton needs params in update")
-    x = jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params)
-    g = jax.tree.map(lambda u: jnp.asarray(u, jnp.float32), updates)
-    f0 = jnp.asarray(obj_fn(x), jnp.float32)
+    # Every scalar of the loop takes one dtype, whatever the dtype of a
+    # (possibly injected, so float64 under x64) hyperparameter: lax.while_loop
+    # needs its carry's dtypes unchanged.
+    dtype = _compute_dtype(params)
+    x = jax.tree.map(lambda p: jnp.asarray(p, dtype), params)
+    g = jax.tree.map(lambda u: jnp.asarray(u, dtype), updates)
+    f0 = jnp.asarray(obj_fn(x), dtype)
+    floor = jnp.asarray(gamma_min, dtype)
     grad_norm = jnp.sqrt(_sq_norm(g))
     curvature = _curvature(hessian, x, obj_fn, extra_args)
     value_and_grad = jax.value_and_grad(obj_fn)
@@ -148,7 +160,7 @@ def scale_by_approx_newton(
           g, tol=cg_tol, maxiter=cg_max_iters)
       f_new, g_new = value_and_grad(jax.tree.map(lambda a, b: a - b, x, step))
       ok = 8.0 * lam * (f0 - f_new) >= _sq_norm(g_new)
-      gamma = jnp.where(ok, 2.0 * gamma, jnp.maximum(0.5 * gamma, gamma_min))
+      gamma = jnp.where(ok, 2.0 * gamma, jnp.maximum(0.5 * gamma, floor))
       return tries + 1, gamma, ok, lam, step
 
     # A non-finite gradient makes every trial fail and would drive gamma to
@@ -162,12 +174,13 @@ def scale_by_approx_newton(
 
     tries, gamma, accepted, lam, step = jax.lax.while_loop(
         keep_trying, trial,
-        (jnp.zeros([], jnp.int32), state.gamma, jnp.zeros([], bool), jnp.zeros([], jnp.float32),
-         jax.tree.map(jnp.zeros_like, g)))
+        (jnp.zeros([], jnp.int32), state.gamma.astype(dtype), jnp.zeros([], bool),
+         jnp.zeros([], dtype), jax.tree.map(jnp.zeros_like, g)))
     out = jax.tree.map(
         lambda s, u: jnp.where(finite, jnp.where(accepted, s, 0.0), jnp.nan).astype(u.dtype),
         step, updates)
-    return out, ScaleByApproxNewtonState(gamma, tries, accepted, lam)
+    return out, ScaleByApproxNewtonState(
+        gamma.astype(state.gamma.dtype), tries, accepted, lam.astype(state.regularization.dtype))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

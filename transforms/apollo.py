@@ -32,6 +32,7 @@ from gradkit.transforms.low_rank import (
     LowRankProjectorState,
     Rank,
     check_projection_options,
+    compute_dtype,
     init_projectors,
     project_updates,
     subspace_zeros,
@@ -48,7 +49,7 @@ _NORM_GUARD = 1e-8
 
 
 class ScaleByApolloRatiosState(NamedTuple):
-  """Projectors, and Adam's moments of the projected gradients (float32)."""
+  """Projectors, and Adam's moments of the projected gradients (float32 or wider)."""
 
   projection: LowRankProjectorState
   mu: optax.Updates  # per leaf: (m, r) if m >= n else (r, n).
@@ -59,7 +60,7 @@ class LimitNormGrowthState(NamedTuple):
   """Step count and, per leaf, the norm of the previous limited update."""
 
   count: jax.Array  # int32 scalar: steps taken.
-  norm: optax.Updates  # per leaf: float32 scalar.
+  norm: optax.Updates  # per leaf: scalar, float32 or the leaf's wider dtype.
 
 
 def _ratio(n: jax.Array, r: jax.Array, side: str, granularity: Granularity) -> jax.Array:
@@ -154,7 +155,8 @@ def limit_norm_growth(gamma: jax.typing.ArrayLike = 1.01) -> optax.GradientTrans
   and its norm a is remembered; afterwards
   l = max(||u|| / (a + 1e-8), gamma) / gamma, u <- u / l and a <- ||u||.
   So ||u_t|| <= gamma ||u_{t-1}|| (up to the 1e-8); shrinking norms pass
-  unchanged. Norms are Frobenius norms of whole leaves, in float32.
+  unchanged. Norms are Frobenius norms of whole leaves, in float32 or the
+  leaf's wider dtype.
 
   Args:
     gamma: the largest allowed ratio of consecutive norms (> 0; 1.01 in
@@ -184,14 +186,15 @@ def limit_norm_growth(gamma: jax.typing.ArrayLike = 1.01) -> optax.GradientTrans
   def init_fn(params):
     return LimitNormGrowthState(
         count=jnp.zeros([], jnp.int32),
-        norm=jax.tree.map(lambda _: jnp.zeros([], jnp.float32), params))
+        norm=jax.tree.map(lambda p: jnp.zeros([], compute_dtype(p)), params))
 
   def update_fn(updates, state, params=None):
     del params
-    norms = jax.tree.map(lambda u: jnp.linalg.norm(u.astype(jnp.float32)), updates)
+    norms = jax.tree.map(lambda u, a: jnp.linalg.norm(u.astype(a.dtype)), updates, state.norm)
     limits = jax.tree.map(
         lambda n, a: jnp.where(
-            state.count == 0, 1.0, jnp.maximum(n / (a + _NORM_GUARD), gamma) / gamma),
+            state.count == 0, 1.0, jnp.maximum(n / (a + _NORM_GUARD), gamma) / gamma
+        ).astype(a.dtype),  # an injected gamma is float64 under x64
         norms, state.norm)
     new_updates = jax.tree.map(lambda u, lim: (u / lim).astype(u.dtype), updates, limits)
     return new_updates, LimitNormGrowthState(

@@ -138,10 +138,14 @@ def mix_gradients(alpha: jax.typing.ArrayLike = 0.5) -> optax.GradientTransforma
     if aux_grads is None:
       raise TypeError("mix_gradients needs the second estimator: call "
                       "update(grads, state, params, aux_grads=...)")
-    mixed = jax.tree.map(
-        lambda g, e: (alpha * g.astype(jnp.float32)
-                      + (1.0 - alpha) * e.astype(jnp.float32)).astype(g.dtype),
-        updates, aux_grads)
+
+    def mix(g, e):
+      # float32 at least (bf16 gradients mix in float32), float64 stays float64.
+      dtype = jnp.promote_types(g.dtype, jnp.float32)
+      return (jnp.asarray(alpha, dtype) * g.astype(dtype)
+              + jnp.asarray(1.0 - alpha, dtype) * e.astype(dtype)).astype(g.dtype)
+
+    mixed = jax.tree.map(mix, updates, aux_grads)
     return mixed, state
 
   return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update_fn)

@@ -19,19 +19,27 @@ class ScaleByGsnrAtInitState(NamedTuple):
   """State of `scale_by_gsnr_at_init`."""
 
   count: jax.Array  # int32 scalar: number of updates seen.
-  gsnr: optax.Updates  # float32 scalar per leaf, fixed after the first update.
+  gsnr: optax.Updates  # scalar per leaf (float32 or wider), fixed after the first update.
+
+
+def _score_dtype(x: jax.Array) -> jnp.dtype:
+  return jnp.promote_types(jnp.result_type(x), jnp.float32)
 
 
 def _block_gsnr(g: jax.Array, eps: jax.typing.ArrayLike) -> jax.Array:
-  g = g.astype(jnp.float32)
+  dtype = _score_dtype(g)
+  g = g.astype(dtype)
   if g.size < 2:
     # The unbiased std of one element is undefined (torch gives NaN -> 0).
-    return jnp.ones([], jnp.float32)
+    return jnp.ones([], dtype)
   norm = jnp.sqrt(jnp.sum(g * g))
   sigma = jnp.std(g, ddof=1)
   # sigma == 0 (constant or all-zero gradient) would give |g| / eps, up to
   # 1e8 x the gradient, or freeze an all-zero block forever: use scale 1.
-  return jnp.where(sigma > 0, norm / (sigma + eps), jnp.ones([], jnp.float32))
+  # eps takes g's dtype: an injected eps is float64 under x64, and lax.cond's
+  # branches must agree with the stored scores' dtype.
+  score = norm / (sigma + jnp.asarray(eps, dtype))
+  return jnp.where(sigma > 0, score, jnp.ones([], dtype))
 
 
 def scale_by_gsnr_at_init(
@@ -40,7 +48,8 @@ def scale_by_gsnr_at_init(
   """Scales each leaf by its gradient signal-to-noise ratio at the first step.
 
   On the first update, for every leaf (block) g of the incoming updates:
-  g-SNR = ||g||_2 / (std(g, ddof=1) + eps), stored as a float32 scalar and
+  g-SNR = ||g||_2 / (std(g, ddof=1) + eps), computed and stored as a scalar
+  in the leaf's dtype (float32 at least, so float32 for bf16 leaves) and
   never updated. Every update (the first included) is multiplied leafwise by
   the stored value. A block whose std is zero or undefined (one element, a
   constant or an all-zero gradient) gets g-SNR = 1 instead of the official
@@ -72,22 +81,23 @@ def scale_by_gsnr_at_init(
   _checks.check_non_negative("eps", eps)
 
   def init_fn(params):
-    gsnr = jax.tree.map(lambda _: jnp.ones([], jnp.float32), params)
+    gsnr = jax.tree.map(lambda p: jnp.ones([], _score_dtype(p)), params)
     return ScaleByGsnrAtInitState(count=jnp.zeros([], jnp.int32), gsnr=gsnr)
 
   def first_scores(updates):
     gsnr = jax.tree.map(lambda g: _block_gsnr(g, eps), updates)
     if normalize_by_max and jax.tree.leaves(gsnr):
       top = jnp.max(jnp.stack(jax.tree.leaves(gsnr)))
-      gsnr = jax.tree.map(lambda s: s / top, gsnr)
+      gsnr = jax.tree.map(lambda s: (s / top).astype(s.dtype), gsnr)
     return gsnr
 
   def update_fn(updates, state, params=None):
     del params
     # lax.cond runs the reductions only on the first step.
     gsnr = jax.lax.cond(
-        state.count == 0, first_scores, lambda _: state.gsnr, updates
-    )
+        state.count == 0,
+        lambda u: optax.tree.cast_like(first_scores(u), state.gsnr),
+        lambda _: state.gsnr, updates)
     updates = jax.tree.map(lambda g, s: g * s.astype(g.dtype), updates, gsnr)
     count = optax.safe_increment(state.count)
     return updates, ScaleByGsnrAtInitState(count=count, gsnr=gsnr)

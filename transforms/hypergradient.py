@@ -26,7 +26,8 @@ from gradkit import _checks
 
 
 class ScaleByHypergradientLrState(NamedTuple):
-  """learning_rate: η_{t−1}; previous_direction: u_{t−1} (zeros before the first step)."""
+  """learning_rate: η_{t−1}, a scalar in the params' dtype (float32 at least);
+  previous_direction: u_{t−1} (zeros before the first step)."""
 
   learning_rate: jax.Array
   previous_direction: Any
@@ -72,8 +73,10 @@ def scale_by_hypergradient_lr(
   base = optax.with_extra_args_support(direction or optax.identity())
 
   def init_fn(params):
+    # η follows the params' dtype: in float32, 1e-3 is off by 5e-8 relative.
+    dtype = jnp.result_type(jnp.float32, *(jnp.result_type(p) for p in jax.tree.leaves(params)))
     return ScaleByHypergradientLrState(
-        jnp.asarray(initial_lr, jnp.float32), optax.tree.zeros_like(params), base.init(params))
+        jnp.asarray(initial_lr, dtype), optax.tree.zeros_like(params), base.init(params))
 
   def update_fn(updates, state, params=None, **extra_args):
     u, direction_state = base.update(updates, state.direction_state, params, **extra_args)

@@ -14,7 +14,9 @@ APOLLO and FRUGAL (and anything else that works in a subspace):
   (APOLLO); "orthogonal", a random semi-orthogonal matrix (FRUGAL's random
   type) — the random kinds are drawn from fold_in(fold_in(key, leaf), k // T),
   so a seed reproduces every projector without storing more than one key;
-- refresh when the step count k (steps already taken) is a multiple of T.
+- refresh when the step count k (steps already taken) is a multiple of T;
+- precision: everything runs in float32, or in the leaf's dtype when it is
+  wider (`compute_dtype`: bf16 leaves in float32, float64 leaves in float64).
 
 `project_low_rank(inner, ...)` runs any stateful `inner` transform on the
 projected gradients and maps its output back (GaLore); with `complement`
@@ -84,7 +86,11 @@ def projected_shape(shape: tuple[int, int], rank: Rank, side: Side) -> tuple[int
 def make_projector(
     g: jax.Array, key: jax.Array, rank: Rank, side: Side, kind: Kind
 ) -> jax.Array:
-  """A fresh projector for the (m, n) gradient `g` (float32).
+  """A fresh projector for the (m, n) gradient `g`, in g's dtype (float32 at least).
+
+  Random projectors are drawn in float32 whatever the dtype, so a seed gives
+  the same draw for every leaf dtype (an "orthogonal" one is then
+  orthonormalized in the wider dtype).
 
   Args:
     g: the (m, n) gradient of the leaf.
@@ -95,7 +101,7 @@ def make_projector(
     kind: "svd", "gaussian" or "orthogonal".
 
   Returns:
-    The float32 projector (a (m + n, r) array, U over V, for "full").
+    The projector (a (m + n, r) array, U over V, for "full"), float32 or g's wider dtype.
 
   References:
     Zhao et al., "GaLore: Memory-Efficient LLM Training by Gradient Low-Rank Projection", ICML 2024.
@@ -108,25 +114,30 @@ def make_projector(
     Training", ICML 2025. https://arxiv.org/abs/2411.07837 ; official code:
     https://github.com/fzmushko/FRUGAL
   """
-  g = g.astype(jnp.float32)
+  g = g.astype(compute_dtype(g))
   shape, r, s = g.shape, effective_rank(g.shape, rank), resolve_side(g.shape, side)
   if kind == "svd":
     u, _, vt = jnp.linalg.svd(g, full_matrices=False)
     return {"right": vt[:r], "left": u[:, :r], "full": jnp.concatenate([u[:, :r], vt[:r].T])}[s]
   if s == "full":
     k1, k2 = jax.random.split(key)
-    return jnp.concatenate(
-        [_random_frame(k1, shape[0], r, kind), _random_frame(k2, shape[1], r, kind)])
+    return jnp.concatenate([_random_frame(k1, shape[0], r, kind, g.dtype),
+                            _random_frame(k2, shape[1], r, kind, g.dtype)])
   if s == "right":
-    return _random_frame(key, shape[1], r, kind).T
-  return _random_frame(key, shape[0], r, kind)
+    return _random_frame(key, shape[1], r, kind, g.dtype).T
+  return _random_frame(key, shape[0], r, kind, g.dtype)
 
 
-def _random_frame(key: jax.Array, d: int, r: int, kind: Kind) -> jax.Array:
-  """A (d, r) random matrix: N(0, 1/r) entries, or orthonormal columns."""
-  x = jax.random.normal(key, (d, r), jnp.float32)
+def compute_dtype(x: Any) -> jnp.dtype:
+  """The dtype the low-rank rules compute in for `x`: its own, float32 at least."""
+  return jnp.promote_types(jnp.result_type(x), jnp.float32)
+
+
+def _random_frame(key: jax.Array, d: int, r: int, kind: Kind, dtype: jnp.dtype) -> jax.Array:
+  """A (d, r) random matrix in `dtype`: N(0, 1/r) entries, or orthonormal columns."""
+  x = jax.random.normal(key, (d, r), jnp.float32).astype(dtype)
   if kind == "gaussian":
-    return x / jnp.sqrt(jnp.float32(r))
+    return x / jnp.sqrt(jnp.asarray(r, dtype))
   q, rr = jnp.linalg.qr(x)
   return q * jnp.sign(jnp.diagonal(rr))
 
@@ -177,7 +188,7 @@ class LowRankProjectorState(NamedTuple):
 
   count: jax.Array  # int32 scalar: steps taken.
   key: jax.Array  # uint32 raw PRNG key the random projectors derive from.
-  projectors: Any  # per leaf: (r, n), (m, r) or (m + n, r) for "full"; float32.
+  projectors: Any  # per leaf: (r, n), (m, r) or (m + n, r) for "full"; `compute_dtype`.
 
 
 def check_positive_int(name: str, value: int | None) -> None:
@@ -208,7 +219,7 @@ def init_projectors(
 
   def zeros(path, p):
     check_matrix(p, jax.tree_util.keystr(path) or "<root>", method)
-    return jnp.zeros(projector_shape(matrix_shape(p.shape), rank, side), jnp.float32)
+    return jnp.zeros(projector_shape(matrix_shape(p.shape), rank, side), compute_dtype(p))
 
   return LowRankProjectorState(
       count=jnp.zeros([], jnp.int32),
@@ -237,21 +248,23 @@ def refresh_projectors(
   for i, (g, p) in enumerate(zip(leaves, old)):
     key = jax.random.fold_in(jax.random.fold_in(base, i), state.count // update_every)
     new.append(jax.lax.cond(
-        refresh, lambda g=g, key=key: make_projector(g, key, rank, side, kind), lambda p=p: p))
+        refresh, lambda g=g, key=key, p=p: make_projector(g, key, rank, side, kind).astype(p.dtype),
+        lambda p=p: p))
   return treedef.unflatten(new), refresh
 
 
 def subspace_zeros(params: Any, rank: Rank, side: Side) -> Any:
-  """float32 zeros shaped like project(G) for every leaf: the subspace's state shapes."""
+  """Zeros shaped like project(G) for every leaf, in its `compute_dtype`: the
+  subspace's state shapes."""
   return jax.tree.map(
-      lambda p: jnp.zeros(projected_shape(matrix_shape(p.shape), rank, side), jnp.float32),
+      lambda p: jnp.zeros(projected_shape(matrix_shape(p.shape), rank, side), compute_dtype(p)),
       params)
 
 
 class Projected(NamedTuple):
   """One step's projection of a tree of updates (see `project_updates`)."""
 
-  grads: Any  # float32 2-D views of the updates.
+  grads: Any  # 2-D views of the updates, in their `compute_dtype`.
   projectors: Any  # this step's projectors.
   refreshed: jax.Array  # bool scalar: the projectors were redrawn this step.
   sides: Any  # per leaf: "left", "right" or "full".
@@ -266,8 +279,8 @@ def project_updates(
     side: Side,
     kind: Kind,
 ) -> Projected:
-  """Views `updates` as float32 matrices, refreshes the projectors, projects."""
-  grads = jax.tree.map(lambda u: as_matrix(u).astype(jnp.float32), updates)
+  """Views `updates` as matrices in their `compute_dtype`, refreshes the projectors, projects."""
+  grads = jax.tree.map(lambda u: as_matrix(u).astype(compute_dtype(u)), updates)
   projectors, refreshed = refresh_projectors(state, grads, rank, update_every, side, kind)
   sides = jax.tree.map(lambda g: resolve_side(g.shape, side), grads)
   low = jax.tree.map(project, grads, projectors, sides)
@@ -298,7 +311,8 @@ def project_low_rank(
 
   u = scale * back(inner(project(G))) + complement_scale * c(G - back(project(G)))
   with c = sign (signSGD), identity (SGD) or absent (`complement=None`,
-  GaLore). `inner` sees float32 projected gradients and keeps its state in
+  GaLore). `inner` sees the projected gradients in float32 (or in the
+  updates' wider dtype: float64 runs stay float64) and keeps its state in
   the subspace; with `reset_on_refresh` that state is re-initialised
   whenever the projectors are redrawn (FRUGAL's `reset_statistics`),
   otherwise carried across refreshes (GaLore). The complement needs an

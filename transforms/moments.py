@@ -77,9 +77,15 @@ def _divide_by_uncorrected_root(
   the *uncorrected* sqrt(nu): the same as m_hat / (sqrt(nu_hat) + eps_t)
   with eps_t = eps / sqrt(1 - b2^t).
   """
-  factor = rectification * jnp.sqrt(1 - jnp.asarray(b2, jnp.float32) ** count)
-  scaled = jax.tree.map(lambda m: factor.astype(m.dtype) * m, m_hat)
-  return _divide_by_root(scaled, nu, eps)
+  def scale(m):
+    # The constants take m's dtype (float32 at least): in float32, 1 - 0.999
+    # is 9.99987e-4, which would cost a float64 run 6e-6 of its first step.
+    dtype = jnp.promote_types(m.dtype, jnp.float32)
+    factor = jnp.asarray(rectification, dtype) * jnp.sqrt(
+        1 - jnp.asarray(b2, dtype) ** count)
+    return factor.astype(m.dtype) * m
+
+  return _divide_by_root(jax.tree.map(scale, m_hat), nu, eps)
 
 
 def scale_by_adan_official(

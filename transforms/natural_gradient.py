@@ -49,7 +49,7 @@ class PreconditionNaturalFisherState(NamedTuple):
   """State of `precondition_natural_fisher`."""
 
   count: jax.Array  # int32 scalar: updates seen; the next slot is count % s.
-  history: optax.Updates  # per leaf: (s, leaf.size) float32 ring buffer.
+  history: optax.Updates  # per leaf: (s, leaf.size) ring buffer, float32 or wider.
 
 
 def _natural_direction(
@@ -63,7 +63,7 @@ def _natural_direction(
   """
   s, k = history.shape
   stacked = jnp.concatenate(
-      [history.T, jnp.sqrt(damping).astype(history.dtype) * jnp.eye(s, dtype=history.dtype)])
+      [history.T, jnp.sqrt(jnp.asarray(damping, history.dtype)) * jnp.eye(s, dtype=history.dtype)])
   q, r = jnp.linalg.qr(stacked)
   y = jax.scipy.linalg.solve_triangular(
       r, jax.nn.one_hot(slot, s, dtype=history.dtype), trans="T", lower=False)
@@ -77,8 +77,9 @@ def precondition_natural_fisher(
 
   u = (damping I + Gh Gh^T)^{-1} vec(g), reshaped to g's shape, where Gh holds
   the last `history` flattened updates, the current one inserted first
-  (module docstring for the solve). Computed in float32 from a thin QR of
-  the (k + s) x s history (cost O(k s^2), as the Gram matrix); the output
+  (module docstring for the solve). Computed from a thin QR of the
+  (k + s) x s history (cost O(k s^2), as the Gram matrix) in float32, or in
+  the leaf's dtype when it is wider (float64 runs stay float64); the output
   keeps each leaf's dtype. Works on
   any leaf shape; in Natural GaLore it runs inside
   `gradkit.transforms.low_rank.project_low_rank`, on the r x r cores.
@@ -110,13 +111,15 @@ def precondition_natural_fisher(
   def init_fn(params):
     return PreconditionNaturalFisherState(
         count=jnp.zeros([], jnp.int32),
-        history=jax.tree.map(lambda p: jnp.zeros((history, p.size), jnp.float32), params))
+        history=jax.tree.map(
+            lambda p: jnp.zeros((history, p.size), jnp.promote_types(p.dtype, jnp.float32)),
+            params))
 
   def update_fn(updates, state, params=None):
     del params
     slot = state.count % history
     buffers = jax.tree.map(
-        lambda g, h: h.at[slot].set(g.reshape(-1).astype(jnp.float32)), updates, state.history)
+        lambda g, h: h.at[slot].set(g.reshape(-1).astype(h.dtype)), updates, state.history)
     natural = jax.tree.map(
         lambda g, h: _natural_direction(h, slot, damping).reshape(g.shape).astype(g.dtype),
         updates, buffers)

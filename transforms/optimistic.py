@@ -66,7 +66,7 @@ class OptimisticMultiplicativeWeightsState(NamedTuple):
   """
 
   count: jax.Array  # int32: steps taken (the schedule's argument)
-  log_internal: optax.Params  # float32, normalized along `axis`
+  log_internal: optax.Params  # the params' dtype (float32 at least), normalized along `axis`
 
 
 def optimistic_multiplicative_weights(
@@ -103,21 +103,24 @@ def optimistic_multiplicative_weights(
 
   def init_fn(params):
     log_internal = jax.tree.map(
-        lambda p: jax.nn.log_softmax(jnp.log(p.astype(jnp.float32)), axis=axis), params)
+        lambda p: jax.nn.log_softmax(
+            jnp.log(p.astype(jnp.promote_types(p.dtype, jnp.float32))), axis=axis), params)
     return OptimisticMultiplicativeWeightsState(jnp.zeros([], jnp.int32), log_internal)
 
   def update_fn(updates, state, params=None):
     if params is None:
       raise ValueError("optimistic_multiplicative_weights needs params (the played points)")
     step = eta(state.count)
-    grads = jax.tree.map(lambda g: g.astype(jnp.float32), updates)
+    # Computed in the state's dtype, whatever an injected eta's dtype.
+    grads = jax.tree.map(lambda g, log_x: g.astype(log_x.dtype), updates, state.log_internal)
+    steps = jax.tree.map(lambda log_x: jnp.asarray(step, log_x.dtype), state.log_internal)
     log_internal = jax.tree.map(
-        lambda g, log_x: jax.nn.log_softmax(log_x - step * g, axis=axis),
-        grads, state.log_internal)
+        lambda g, log_x, eta_t: jax.nn.log_softmax(log_x - eta_t * g, axis=axis),
+        grads, state.log_internal, steps)
     new_updates = jax.tree.map(
-        lambda g, log_x, p: (jax.nn.softmax(log_x - step * g, axis=axis)
-                             - p.astype(jnp.float32)).astype(p.dtype),
-        grads, log_internal, params)
+        lambda g, log_x, eta_t, p: (jax.nn.softmax(log_x - eta_t * g, axis=axis)
+                                    - p.astype(log_x.dtype)).astype(p.dtype),
+        grads, log_internal, steps, params)
     return new_updates, OptimisticMultiplicativeWeightsState(
         optax.safe_increment(state.count), log_internal)
 

@@ -49,7 +49,7 @@ class ScaleByAgvmState(NamedTuple):
   """Step counter and one learning-rate factor per label (sorted label order)."""
 
   count: jax.Array  # int32, 0-based step index
-  scales: jax.Array  # float32 (num_labels,)
+  scales: jax.Array  # (num_labels,), the params' dtype (float32 at least)
 
 
 def _labels_of(param_labels: LabelsOrFn, tree: Any) -> Any:
@@ -82,7 +82,8 @@ def module_dissimilarity(grads_a: Any, grads_b: Any, labels: Any) -> dict[str, j
   totals: dict[str, list[jax.Array]] = {}
   for a, b, label in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b),
                          jax.tree.leaves(labels)):
-    a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+    dtype = jnp.promote_types(jnp.result_type(a), jnp.float32)  # float64 stays float64
+    a, b = a.astype(dtype), b.astype(dtype)
     parts = [jnp.sum(a * b), jnp.sum(a * a), jnp.sum(b * b)]
     acc = totals.setdefault(str(label), [0.0, 0.0, 0.0])
     totals[str(label)] = [x + y for x, y in zip(acc, parts)]
@@ -161,8 +162,9 @@ def scale_by_agvm(
     order = _label_order(_labels_of(param_labels, params))
     if reference_label not in order:
       raise ValueError(f"reference_label {reference_label!r} is not one of the labels {order}")
+    dtype = jnp.result_type(jnp.float32, *(jnp.result_type(p) for p in jax.tree.leaves(params)))
     return ScaleByAgvmState(count=jnp.zeros([], jnp.int32),
-                            scales=jnp.ones([len(order)], jnp.float32))
+                            scales=jnp.ones([len(order)], dtype))
 
   def update_fn(updates, state, params=None, *, worker_grads=None, **extra_args):
     del extra_args
@@ -193,7 +195,7 @@ def scale_by_agvm(
     refresh = active & (t % update_interval == 0)
     # s + (1 - mu)(r - s) = mu s + (1 - mu) r, written so that r = s = 1 stays exactly 1.
     smoothed = state.scales + (1 - momentum) * (ratio - state.scales)
-    scales = jnp.where(refresh, smoothed, state.scales)
+    scales = jnp.where(refresh, smoothed, state.scales).astype(state.scales.dtype)
     factors = jnp.where(active, scales, jnp.ones_like(scales))
 
     scaled = jax.tree.map(
