@@ -7,10 +7,11 @@ in their path keep float32 state), then gradkit's recipe tail. Dettmers et
 al., "8-bit Optimizers via Block-wise Quantization", ICLR 2022
 (arXiv 2110.02861); official code bitsandbytes-foundation/bitsandbytes.
 
-Decoupled weight decay comes from the recipe tail: p <- p - lr (d + wd p),
-which is the pure-PyTorch reference's order (decay before the step); the CUDA
-kernel decays after the step, p <- (1 - lr wd)(p - lr d). The two differ by
-lr^2 wd d, O(lr^2 wd).
+Adam, Lion and AdaBelief decay decoupled, from the recipe tail:
+p <- p - lr (d + wd p), the pure-PyTorch reference's order (decay before the
+step); the CUDA kernel decays after the step, p <- (1 - lr wd)(p - lr d). The
+two differ by lr^2 wd d, O(lr^2 wd). `momentum8bit` couples it by default, as
+bitsandbytes' SGD (see there).
 
 `block_size` and `min_size` default to None, meaning 256 and 4096: a None is
 not a hyperparameter to `optax.inject_hyperparams`, so the defaults stay
@@ -203,16 +204,30 @@ def momentum8bit(
     block_size: int | None = None,
     min_size: int | None = None,
     keep_fp32: KeepFp32 = None,
+    *,
+    decoupled_weight_decay: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """bitsandbytes SGD8bit with momentum: optax.trace (m <- momentum m + g), trace in 8 bits.
 
   bitsandbytes requires an explicit lr for SGD; the default 1e-2 is gradkit
-  `sgd`'s. No dampening, as in bitsandbytes' momentum kernel.
+  `sgd`'s. No dampening, as in bitsandbytes' momentum kernel. The rule is
+  `torch.optim.SGD`'s (dampening 0, no Nesterov), which bitsandbytes' 8-bit
+  SGD reproduces, m_0 = 0 making the first buffer g itself:
+
+    g <- g + wd p;   m <- momentum m + g;   p <- p - lr m
+
+  Weight decay is coupled by default, as there: wd p enters the momentum
+  (and so its 8-bit state), which amplifies its pull by up to
+  1 / (1 - momentum). `decoupled_weight_decay=True` takes the recipe tail's
+  p <- p - lr (m + wd p) instead, with m the momentum of g alone (SGDW).
+  Example, lr 0.1, wd 0.1, momentum 0.9, zero gradient, 50 steps from p = 1:
+  coupled p = -0.058, decoupled p = 0.99^50 = 0.605.
 
   Args:
     learning_rate: Step size, a scalar or an optax schedule. Default 1e-2.
     momentum: Momentum decay (m <- momentum m + g). Default 0.9.
-    weight_decay: Decoupled weight-decay rate. Default 0.0.
+    weight_decay: Weight-decay rate (float or schedule), coupled into the
+      gradient unless `decoupled_weight_decay`. Default 0.0.
     mask: Tree of booleans, or a callable params -> tree, choosing the leaves
       that are decayed. Default None (every leaf).
     block_size: Elements per quantization block; None means 256 (static under
@@ -222,6 +237,9 @@ def momentum8bit(
     keep_fp32: Callable (path, leaf) -> bool (or a tree of booleans) choosing
       parameters whose state stays 32-bit; None keeps every parameter whose
       path mentions "embedding". Default None.
+    decoupled_weight_decay: decay p <- p - lr wd p beside the momentum step
+      (SGDW) instead of adding wd p to the gradient (static, keyword only).
+      Default False.
 
   Returns:
     An `optax.GradientTransformationExtraArgs`.
@@ -230,12 +248,17 @@ def momentum8bit(
     Dettmers et al., "8-bit Optimizers via Block-wise Quantization", ICLR 2022.
     https://arxiv.org/abs/2110.02861 ; official code:
     https://github.com/bitsandbytes-foundation/bitsandbytes
+
+    Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019
+    (decoupled_weight_decay=True). https://arxiv.org/abs/1711.05101
   """
   _checks.check_unit_interval("momentum", momentum)
+  direction = _eight_bit(optax.trace(decay=momentum), block_size, min_size, keep_fp32)
+  if decoupled_weight_decay:
+    return recipe(direction, learning_rate=learning_rate, weight_decay=weight_decay, mask=mask)
+  _checks.check_non_negative("weight_decay", weight_decay)
   return recipe(
-      _eight_bit(optax.trace(decay=momentum), block_size, min_size, keep_fp32),
-      learning_rate=learning_rate, weight_decay=weight_decay, mask=mask,
-  )
+      optax.add_decayed_weights(weight_decay, mask), direction, learning_rate=learning_rate)
 
 
 @register("adabelief8bit")
