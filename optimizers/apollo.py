@@ -129,6 +129,7 @@ def apollo_mini(
     limit_growth: float | None = 1.01,
     scale_front: bool = False,
     param_labels: LabelsOrFn | None = None,
+    projector: Projector = "gaussian",
 ) -> optax.GradientTransformationExtraArgs:
   """APOLLO-Mini: one tensor-wise ratio from rank-1 Gaussian projections.
 
@@ -138,6 +139,9 @@ def apollo_mini(
   steps, betas (0.9, 0.999), eps 1e-6, limiter on; `scale_front` was set
   in the 60M and 130M scripts only and changes nothing but the limiter's
   1e-8 guard. Other leaves get AdamW at the same lr, as in `apollo`.
+  `projector="svd"` (the official group option `proj="svd"`, `--proj svd`
+  in its scripts) projects on the gradient's top singular vector instead,
+  recomputed on the same schedule.
 
   Args:
     learning_rate: step size (float or schedule), shared by both groups. Default 1e-2.
@@ -153,6 +157,8 @@ def apollo_mini(
     scale_front: apply sqrt(scale) before the limiter (official flag). Default False.
     param_labels: label tree or callable (None means `matrix_labels`).
       Default None (`matrix_labels`).
+    projector: "gaussian" (paper) or "svd" (the top singular vector, GaLore's
+      projector), as in `apollo`. Default "gaussian".
 
   References:
     Zhu et al., "APOLLO: SGD-like Memory, AdamW-level Performance", MLSys 2025.
@@ -161,4 +167,4 @@ def apollo_mini(
   return _apollo_recipe(
       learning_rate, 1, update_proj_gap, weight_decay, mask, param_labels,
       granularity="tensor", scale=scale, b1=b1, b2=b2, eps=eps, seed=seed,
-      projector="gaussian", limit_growth=limit_growth, scale_front=scale_front)
+      projector=projector, limit_growth=limit_growth, scale_front=scale_front)

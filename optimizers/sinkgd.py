@@ -30,6 +30,7 @@ def sinkgd(
     weight_decay: optax.ScalarOrSchedule = 0.0,
     mask: MaskOrFn = None,
     param_labels: LabelsOrFn | None = None,
+    adam_learning_rate: optax.ScalarOrSchedule | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """SinkGD: W <- W - lr * SR-Sinkhorn_L(G) on "matrix" leaves.
 
@@ -40,11 +41,13 @@ def sinkgd(
   entries of RMS 1 (Frobenius norm lr * sqrt(mn)). Matrices keep no state.
 
   "embedding", "head" and "vector" leaves get AdamW (`optax.scale_by_adam`,
-  eps added to sqrt(v_hat)) with the same learning rate. Weight decay is
-  decoupled, p <- p - lr (d + wd p), on every branch, restricted by `mask`.
+  eps added to sqrt(v_hat)) at `adam_learning_rate`, by default the same
+  learning rate. Weight decay is decoupled, p <- p - lr (d + wd p) with each
+  branch's lr, on every branch, restricted by `mask`.
 
   Args:
-    learning_rate: float or optax schedule, for every branch. Default 1e-3.
+    learning_rate: float or optax schedule, for the matrix leaves (and the AdamW
+      leaves unless `adam_learning_rate` is given). Default 1e-3.
     num_iterations: SR-Sinkhorn rounds L (static int; None means 5). Default None.
     axis: axis of the 2-D view normalized first in each round (static; None
       means 0). Default None.
@@ -57,6 +60,8 @@ def sinkgd(
       Default None (every leaf).
     param_labels: label tree or callable params -> labels ("matrix",
       "embedding", "head", "vector"); None means `matrix_labels`. Default None (`matrix_labels`).
+    adam_learning_rate: float or optax schedule for the AdamW leaves; None
+      means `learning_rate`. Default None.
 
   `num_iterations`, `axis` and `param_labels` default to None so that
   `optax.inject_hyperparams` keeps them static (it would inject ints and take
@@ -72,10 +77,13 @@ def sinkgd(
   _checks.check_unit_interval("b1", b1)
   _checks.check_unit_interval("b2", b2)
   _checks.check_non_negative("adam_eps", adam_eps)
+  if adam_learning_rate is not None:
+    _checks.check_non_negative("adam_learning_rate", adam_learning_rate)
   direction = descend(
       normalize_sinkhorn(NUM_ITERATIONS if num_iterations is None else num_iterations,
                          AXIS if axis is None else axis, eps),
       learning_rate=learning_rate, weight_decay=weight_decay, mask=mask)
+  adam_lr = learning_rate if adam_learning_rate is None else adam_learning_rate
   adamw = descend(optax.scale_by_adam(b1, b2, adam_eps),
-                  learning_rate=learning_rate, weight_decay=weight_decay, mask=mask)
+                  learning_rate=adam_lr, weight_decay=weight_decay, mask=mask)
   return matrix_or_fallback(direction, adamw, param_labels)

@@ -31,6 +31,7 @@ def swan(
     weight_decay: optax.ScalarOrSchedule = 0.0,
     mask: MaskOrFn = None,
     param_labels: LabelsOrFn | None = None,
+    adam_learning_rate: optax.ScalarOrSchedule | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """SWAN-0: W <- W - lr * GradWhitening(GradNorm(G)) on "matrix" leaves.
 
@@ -43,12 +44,14 @@ def swan(
   whatever the gradient's scale. Matrices keep no state.
 
   "embedding", "head" and "vector" leaves get AdamW (`optax.scale_by_adam`,
-  eps added to sqrt(v_hat)) with the same learning rate, as in the GaLore
-  benchmark the paper follows. Weight decay is decoupled, p <- p - lr (d +
-  wd p), on every branch, restricted by `mask`.
+  eps added to sqrt(v_hat)) at `adam_learning_rate`, by default the same
+  learning rate, as in the GaLore benchmark the paper follows. Weight decay
+  is decoupled, p <- p - lr (d + wd p) with each branch's lr, on every
+  branch, restricted by `mask`.
 
   Args:
-    learning_rate: float or optax schedule, for every branch. Default 1e-3.
+    learning_rate: float or optax schedule, for the matrix leaves (and the AdamW
+      leaves unless `adam_learning_rate` is given). Default 1e-3.
     ns_steps: coupled Newton–Schulz steps (static int; None means 10). Default None.
     axis: axis of the 2-D view GradNorm reduces over (static; None means 0:
       each output unit of a Flax (in, out) kernel over its fan-in). Default None.
@@ -61,6 +64,8 @@ def swan(
       Default None (every leaf).
     param_labels: label tree or callable params -> labels ("matrix",
       "embedding", "head", "vector"); None means `matrix_labels`. Default None (`matrix_labels`).
+    adam_learning_rate: float or optax schedule for the AdamW leaves; None
+      means `learning_rate`. Default None.
 
   `ns_steps` and `axis` default to None so that `optax.inject_hyperparams`
   keeps them static; likewise `param_labels`, which it would otherwise take
@@ -81,10 +86,13 @@ def swan(
   _checks.check_unit_interval("b1", b1)
   _checks.check_unit_interval("b2", b2)
   _checks.check_non_negative("adam_eps", adam_eps)
+  if adam_learning_rate is not None:
+    _checks.check_non_negative("adam_learning_rate", adam_learning_rate)
   direction = descend(
       normalize_axis(AXIS if axis is None else axis, center=True, eps=eps),
       whiten_newton_schulz(NS_STEPS if ns_steps is None else ns_steps, eps),
       learning_rate=learning_rate, weight_decay=weight_decay, mask=mask)
+  adam_lr = learning_rate if adam_learning_rate is None else adam_learning_rate
   adamw = descend(optax.scale_by_adam(b1, b2, adam_eps),
-                  learning_rate=learning_rate, weight_decay=weight_decay, mask=mask)
+                  learning_rate=adam_lr, weight_decay=weight_decay, mask=mask)
   return matrix_or_fallback(direction, adamw, param_labels)

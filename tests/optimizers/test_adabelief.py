@@ -1,4 +1,5 @@
-"""adabelief: the official update by hand, optax.adabelief, schedules, bad input."""
+"""adabelief: the official update in float64 (short and 50-step runs, eps and
+eps_root apart), schedules, inject_hyperparams, bad input."""
 
 from __future__ import annotations
 
@@ -19,8 +20,13 @@ _f32 = f32
 _trajectory = PROBLEM.trajectory
 
 
-def _official(lr, b1, b2, eps, wd, rectify, steps):
-  """adabelief-pytorch 0.2.0's step (weight_decouple=True) in float64."""
+def _official(lr, b1, b2, eps, wd, rectify, steps, eps_root=None):
+  """adabelief-pytorch 0.2.0's step (weight_decouple=True) in float64.
+
+  The official code adds its one eps inside s and outside the root;
+  `eps_root` (None: eps) replaces the inside one.
+  """
+  eps_root = eps if eps_root is None else eps_root
   p = {k: v.copy() for k, v in PARAMS.items()}
   m = {k: np.zeros_like(v) for k, v in PARAMS.items()}
   s = {k: np.zeros_like(v) for k, v in PARAMS.items()}
@@ -32,7 +38,7 @@ def _official(lr, b1, b2, eps, wd, rectify, steps):
     for k in p:
       p[k] = p[k] * (1 - lr * (wd if MASK[k] else 0.0))
       m[k] = b1 * m[k] + (1 - b1) * g[k]
-      s[k] = b2 * s[k] + (1 - b2) * (g[k] - m[k]) ** 2 + eps
+      s[k] = b2 * s[k] + (1 - b2) * (g[k] - m[k]) ** 2 + eps_root
       if not rectify:
         p[k] = p[k] - lr / bc1 * m[k] / (np.sqrt(s[k]) / math.sqrt(bc2) + eps)
       elif n_sma >= 5:
@@ -68,29 +74,32 @@ def test_default_first_step_is_momentum_sgd():
     np.testing.assert_allclose(updates[k], -1e-3 * GRADS[0][k], rtol=1e-5)
 
 
-def test_unrectified_equals_optax_adabelief_over_50_steps():
-  ours = _trajectory(adabelief(1e-2, 0.8, 0.99, eps=1e-8, rectify=False))
-  theirs = _trajectory(optax.adabelief(1e-2, 0.8, 0.99, eps=1e-8, eps_root=1e-8))
-  for a, b in zip(ours, theirs):
-    for k in a:
-      np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-7)
+@pytest.mark.parametrize("rectify", [False, True])
+def test_fifty_steps_with_masked_decay_match_the_official_code(rectify):
+  """Decoupled decay p <- p (1 - lr wd) on MASK's leaves only, over 50 steps
+  (b2 = 0.99 reaches the rectified branch at step 6)."""
+  hp = dict(lr=1e-2, b1=0.8, b2=0.99, eps=1e-8, wd=0.3)
+  expected, branches = _official(**hp, rectify=rectify, steps=50)
+  assert branches == ({False, True} if rectify else {False})
+  tx = adabelief(hp["lr"], hp["b1"], hp["b2"], hp["eps"], hp["wd"], MASK, rectify=rectify)
+  for g, e in zip(_trajectory(tx), expected):
+    for k in e:
+      np.testing.assert_allclose(g[k], e[k], rtol=1e-5, atol=2e-6)
 
 
-def test_weight_decay_is_the_only_difference_from_optax():
-  """optax.adabelief has no decay: ours differs by exactly -lr * wd * p on MASK."""
-  lr, wd = 1e-2, 0.3
-  ours = adabelief(lr, eps=1e-8, weight_decay=wd, mask=MASK, rectify=False)
-  theirs = optax.adabelief(lr, eps=1e-8, eps_root=1e-8)
-  update_ours, update_theirs = jax.jit(ours.update), jax.jit(theirs.update)
-  params = _f32(PARAMS)
-  s_ours, s_theirs = ours.init(params), theirs.init(params)
-  for g in GRADS_F32:
-    u_ours, s_ours = update_ours(g, s_ours, params)
-    u_theirs, s_theirs = update_theirs(g, s_theirs, params)
-    for k in params:
-      decay = -lr * wd * np.asarray(params[k]) if MASK[k] else 0.0
-      np.testing.assert_allclose(u_ours[k] - u_theirs[k], decay, rtol=1e-4, atol=1e-7)
-    params = optax.apply_updates(params, u_ours)
+@pytest.mark.parametrize("rectify,steps", [(False, 2), (True, 8)])
+def test_eps_root_is_the_eps_inside_s(rectify, steps):
+  # eps outside the root and eps_root inside s, both large enough to show in
+  # float32, and different: the run with them swapped is far away.
+  hp = dict(lr=0.05, b1=0.9, b2=0.9, wd=0.3)
+  expected, _ = _official(**hp, eps=1e-2, eps_root=0.1, rectify=rectify, steps=steps)
+  swapped, _ = _official(**hp, eps=0.1, eps_root=1e-2, rectify=rectify, steps=steps)
+  assert np.max(np.abs(swapped[-1]["w"] - expected[-1]["w"])) > 1e-3
+  tx = adabelief(hp["lr"], hp["b1"], hp["b2"], 1e-2, hp["wd"], MASK, rectify=rectify,
+                 eps_root=0.1)
+  for g, e in zip(_trajectory(tx, steps), expected):
+    for k in e:
+      np.testing.assert_allclose(g[k], e[k], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("rectify", [False, True])
@@ -121,6 +130,7 @@ def test_inject_hyperparams_gives_the_same_updates(rectify):
     ({"b1": 1.0}, "b1"),
     ({"b2": -0.5}, "b2"),
     ({"eps": -1e-8}, "eps"),
+    ({"eps_root": -1e-8}, "eps_root"),
 ])
 def test_invalid_hyperparameters_are_rejected(kwargs, name):
   with pytest.raises(ValueError, match=name):

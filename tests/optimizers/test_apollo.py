@@ -187,11 +187,99 @@ def test_invalid_hyperparameters_raise(build):
     build()
 
 
-def test_registered_defaults():
-  assert gradkit.create("apollo") is not None and gradkit.create("apollo_mini") is not None
-  # Default lr 1e-2 with the fallback's first step -lr * sign(g) (eps negligible here).
-  updates, _ = _first_step(gradkit.create("apollo_mini"))
-  np.testing.assert_allclose(updates["bias"], -1e-2 * np.sign(GRADS[0]["bias"]), rtol=1e-3)
+def _numpy_apollo(grads, projector, lr, scale, eps, granularity, b1=0.9, b2=0.999, gamma=1.01):
+  """apollo_torch/apollo.py's matrix update in float64 (no weight decay,
+  `scale_front` off), on a (m, n) gradient sequence with a fixed projector
+  (right (r, n) if m >= n, else left (m, r)). Returns the update of each step."""
+  tall = grads[0].shape[0] >= grads[0].shape[1]
+  m = v = 0.0
+  previous_norm, out = None, []
+  for t, g in enumerate(grads, start=1):
+    r = g @ projector.T if tall else projector.T @ g
+    m, v = b1 * m + (1 - b1) * r, b2 * v + (1 - b2) * r * r
+    n = m / (np.sqrt(v) + eps)
+    if granularity == "tensor":
+      factor = np.linalg.norm(n) / (np.linalg.norm(r) + 1e-8)
+    else:
+      axis = 1 if tall else 0
+      factor = (np.linalg.norm(n, axis=axis, keepdims=True)
+                / (np.linalg.norm(r, axis=axis, keepdims=True) + 1e-8))
+    scaled = g * factor
+    norm = np.linalg.norm(scaled)
+    if previous_norm is not None:
+      limiter = max(norm / (previous_norm + 1e-8), gamma) / gamma
+      scaled, norm = scaled / limiter, norm / limiter
+    previous_norm = norm
+    step = lr * np.sqrt(1 - b2**t) / (1 - b1**t)
+    out.append(-step * np.sqrt(scale) * scaled)
+  return out
+
+
+def _matrix_updates(tx, grads_seq):
+  """Updates of the "tall" (6, 4) and "wide" (3, 7) leaves and the final state."""
+  params = _f32(SMALL)
+  update, state, out = jax.jit(tx.update), tx.init(params), []
+  for g in grads_seq:
+    u, state = update(_f32(g), state, params)
+    out.append({k: np.asarray(u[k], np.float64) for k in ("w", "k")})
+  return out, state
+
+
+def _small_projectors(state):
+  branch = state[1].inner_states["matrix"].inner_state[0]
+  return {k: np.asarray(v, np.float64) for k, v in branch[0].projection.projectors.items()}
+
+
+# Small gradients make eps (1e-6 against sqrt(v) ~ 3e-6) visible; the second
+# is 3x larger than the first, so the norm-growth limiter acts.
+SMALL_SEQ = [jax.tree.map(lambda x: 1e-4 * x, SMALL_GRADS[0]),
+             jax.tree.map(lambda x: 3e-4 * x, SMALL_GRADS[1])]
+
+
+@pytest.mark.parametrize("name, rank, scale, granularity", [
+    ("apollo", 4, 1.0, "channel"), ("apollo_mini", 1, 128.0, "tensor")])
+def test_registered_defaults_are_the_papers(name, rank, scale, granularity):
+  """lr 1e-2, rank 256 (clamped to min(m, n) = 4 and 3), scale 1 / 128, eps 1e-6,
+  limiter 1.01, no refresh at step 2 (T = 200); the fallback is HF AdamW with eps 1e-6."""
+  tx = gradkit.create(name)
+  got, state = _matrix_updates(tx, SMALL_SEQ)
+  projectors = _small_projectors(state)
+  assert projectors["w"].shape == (rank, 4) and projectors["k"].shape == (3, min(rank, 3))
+  for k in ("w", "k"):
+    want = _numpy_apollo([np.asarray(g[k]) for g in SMALL_SEQ], projectors[k],
+                         lr=1e-2, scale=scale, eps=1e-6, granularity=granularity)
+    other_eps = _numpy_apollo([np.asarray(g[k]) for g in SMALL_SEQ], projectors[k],
+                              lr=1e-2, scale=scale, eps=1e-8, granularity=granularity)
+    assert np.max(np.abs(other_eps[0] - want[0])) > 1e-2 * np.max(np.abs(want[0]))
+    for g, w in zip(got, want):
+      np.testing.assert_allclose(g[k], w, rtol=1e-4, atol=1e-9)
+  updates, _ = _first_step(tx, SMALL, SMALL_SEQ[0])
+  g = np.asarray(SMALL_SEQ[0]["b"])
+  np.testing.assert_allclose(updates["b"], -1e-2 * g / (np.abs(g) + 1e-6 / np.sqrt(1e-3)),
+                             rtol=1e-5)
+
+
+def test_apollo_mini_svd_projector_matches_the_official_rule():
+  """projector="svd": the top singular vector of the first gradient (right for
+  the tall leaf, left for the wide one), kept for step 2; tensor-wise ratio."""
+  tx = apollo_mini(learning_rate=0.01, eps=1e-6, projector="svd")
+  grads = [SMALL_GRADS[0], jax.tree.map(lambda x: 3.0 * x, SMALL_GRADS[1])]
+  got, state = _matrix_updates(tx, grads)
+  for k in ("w", "k"):
+    seq = [np.asarray(g[k]) for g in grads]
+    u, _, vt = np.linalg.svd(seq[0])
+    projector = vt[:1] if seq[0].shape[0] >= seq[0].shape[1] else u[:, :1]
+    want = _numpy_apollo(seq, projector, lr=0.01, scale=128.0, eps=1e-6, granularity="tensor")
+    for g, w in zip(got, want):
+      np.testing.assert_allclose(g[k], w, rtol=1e-4, atol=1e-8)
+    # Up to its sign, the stored projector is numpy's singular vector.
+    stored = _small_projectors(state)[k].reshape(-1)
+    np.testing.assert_allclose(np.abs(stored @ projector.reshape(-1)), 1.0, atol=1e-5)
+
+
+def test_apollo_mini_rejects_an_unknown_projector():
+  with pytest.raises(ValueError, match="projector"):
+    apollo_mini(projector="orthogonal")
 
 
 def _mlp_loss(params, x, y):

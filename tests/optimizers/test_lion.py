@@ -1,4 +1,5 @@
-"""lion: hand-computed steps, optax.lion, schedules, inject_hyperparams, bad input."""
+"""lion: hand-computed steps, a float64 run of Algorithm 2, schedules, inject_hyperparams,
+bad input."""
 
 from __future__ import annotations
 
@@ -18,22 +19,27 @@ _trajectory = PROBLEM.trajectory
 
 
 def _reference(lr, b1, b2, wd, steps):
-  """Algorithm 2 of the Lion paper in float64, decay only on MASK's leaves."""
+  """Algorithm 2 of the Lion paper in float64, decay only on MASK's leaves.
+
+  Returns the parameters after each step and the smallest |b1 m + (1-b1) g|
+  met, which must stay clear of float32 rounding for the signs to agree.
+  """
   p = {k: v.copy() for k, v in PARAMS.items()}
   m = {k: np.zeros_like(v) for k, v in PARAMS.items()}
-  out = []
+  out, smallest = [], np.inf
   for g in GRADS[:steps]:
     for k in p:
-      u = np.sign(b1 * m[k] + (1 - b1) * g[k])
+      c = b1 * m[k] + (1 - b1) * g[k]
+      smallest = min(smallest, np.abs(c).min())
       m[k] = b2 * m[k] + (1 - b2) * g[k]
-      p[k] = p[k] - lr * (u + (wd if MASK[k] else 0.0) * p[k])
+      p[k] = p[k] - lr * (np.sign(c) + (wd if MASK[k] else 0.0) * p[k])
     out.append({k: v.copy() for k, v in p.items()})
-  return out
+  return out, smallest
 
 
 def test_first_steps_match_the_paper():
   got = _trajectory(lion(0.1, b1=0.9, b2=0.99, weight_decay=0.5, mask=MASK), steps=3)
-  for g, e in zip(got, _reference(0.1, 0.9, 0.99, 0.5, steps=3)):
+  for g, e in zip(got, _reference(0.1, 0.9, 0.99, 0.5, steps=3)[0]):
     for k in e:
       np.testing.assert_allclose(g[k], e[k], rtol=1e-6, atol=1e-6)
 
@@ -46,12 +52,15 @@ def test_defaults_are_the_official_ones():
     np.testing.assert_allclose(updates[k], -1e-4 * np.sign(GRADS[0][k]), rtol=1e-6)
 
 
-def test_equals_optax_lion_over_50_steps():
-  hp = dict(learning_rate=3e-3, b1=0.8, b2=0.95, weight_decay=0.3, mask=MASK)
-  ours, theirs = _trajectory(lion(**hp)), _trajectory(optax.lion(**hp))
-  for a, b in zip(ours, theirs):
+def test_fifty_steps_follow_algorithm_2():
+  """The momentum carried over 50 steps (b2 = 0.95 remembers ~20) decides the
+  signs: a float64 run of the paper's rule, not optax.lion, is the oracle."""
+  ours = _trajectory(lion(3e-3, b1=0.8, b2=0.95, weight_decay=0.3, mask=MASK))
+  expected, smallest = _reference(3e-3, 0.8, 0.95, 0.3, steps=50)
+  assert smallest > 1e-4  # no sign is decided by float32 rounding
+  for a, b in zip(ours, expected):
     for k in a:
-      np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-7)
+      np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6)
 
 
 def test_schedule_matches_constant_at_step_zero_then_follows_it():

@@ -1,4 +1,4 @@
-"""scale_by_sign_momentum: hand-computed steps, |u| in {0, 1}, optax.scale_by_lion."""
+"""scale_by_sign_momentum: hand-computed steps, a long float64 run, |u| in {0, 1}."""
 
 from __future__ import annotations
 
@@ -69,12 +69,20 @@ def test_every_coordinate_is_minus_one_zero_or_one():
     assert set(np.unique(np.abs(u))) <= {0.0, 1.0}
 
 
-def test_equals_optax_scale_by_lion():
-  ours, state = _updates(scale_by_sign_momentum(0.8, 0.95), GRADS * 3)
-  theirs, their_state = _updates(optax.scale_by_lion(0.8, 0.95), GRADS * 3)
-  for a, b in zip(ours, theirs):
-    np.testing.assert_array_equal(a, b)
-  np.testing.assert_array_equal(state.mu, their_state.mu)
+def test_long_run_follows_algorithm_2_and_keeps_optax_lion_state():
+  """18 steps (the gradients three times over): every sign and the final
+  momentum against the float64 rule; the state is optax.ScaleByLionState."""
+  grads = GRADS * 3
+  expected, smallest = _reference(grads, 0.8, 0.95)
+  assert smallest > 1e-4
+  ours, state = _updates(scale_by_sign_momentum(0.8, 0.95), grads)
+  for got, want in zip(ours, expected):
+    np.testing.assert_array_equal(got, want)
+  m = np.zeros_like(grads[0])
+  for g in grads:
+    m = 0.95 * m + 0.05 * g
+  np.testing.assert_allclose(state.mu, m, rtol=1e-5, atol=1e-7)
+  assert isinstance(state, optax.ScaleByLionState) and int(state.count) == len(grads)
 
 
 def test_mu_dtype_sets_the_momentum_dtype():
