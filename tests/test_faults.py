@@ -31,6 +31,13 @@ def _parameters(name: str) -> dict:
 
 
 MATRIX_METHODS = [n for n in NAMES if "param_labels" in _parameters(n)]
+# Blocks small enough that the 8-bit optimizers quantize this file's (6, 3)
+# kernel (by default leaves under 4096 elements keep float32 state).
+QUANTIZED_SIZES = {"min_size": 8, "block_size": 8}
+
+
+def _sizes(name: str) -> dict:
+  return QUANTIZED_SIZES if "min_size" in _parameters(name) else {}
 
 # One invalid value per hyperparameter name; every factory that takes the
 # name must reject it with a ValueError that names it.
@@ -157,7 +164,7 @@ MOVING_OVERRIDES = {"sara": {"threshold": 10.0}}
 @pytest.mark.parametrize("name", NAMES)
 def test_scalar_and_zero_size_leaves(name):
   problem = DegenerateLeaves()
-  tx = gradkit.create(name, learning_rate=1e-2, **MOVING_OVERRIDES.get(name, {}))
+  tx = gradkit.create(name, learning_rate=1e-2, **MOVING_OVERRIDES.get(name, {}), **_sizes(name))
   history, _ = _run(tx, problem, [problem.grad(problem.params)] * 2)
   final = history[-1][0]
   chex.assert_trees_all_equal_shapes_and_dtypes(final, problem.params)
@@ -176,7 +183,7 @@ def test_non_finite_gradient_is_visible_or_ignored(name, regression):
   """Without a guard, a NaN gradient entry either makes the update non-finite
   (as in optax's own optimizers) or is not read at all (zeroth-order methods
   use only obj_fn): it is never absorbed silently into a finite update."""
-  tx = gradkit.create(name)
+  tx = gradkit.create(name, **_sizes(name))
   update = jax.jit(functools.partial(tx.update, **extra_update_args(tx, regression)))
   params, state = regression.params, tx.init(regression.params)
   grads = regression.grad(params)
@@ -191,7 +198,8 @@ def test_non_finite_gradient_is_visible_or_ignored(name, regression):
 def test_apply_if_finite_skips_bad_steps_and_continues_exactly(name, regression):
   """NaN and inf steps inside apply_if_finite leave a trajectory identical to
   the one that never saw them (state, counters and keys included)."""
-  tx = optax.apply_if_finite(gradkit.create(name, learning_rate=1e-2), max_consecutive_errors=3)
+  tx = optax.apply_if_finite(gradkit.create(name, learning_rate=1e-2, **_sizes(name)),
+                             max_consecutive_errors=3)
   rng = np.random.default_rng(0)
   clean = [jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32),
                         regression.params) for _ in range(3)]
