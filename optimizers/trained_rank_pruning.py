@@ -35,6 +35,7 @@ from gradkit import _checks
 from gradkit.optimizers._recipe import LabelsOrFn, MaskOrFn, recipe
 from gradkit.optimizers.matrix_labels import matrix_labels
 from gradkit.registry import register
+from gradkit.transforms.matrix_view import check_matrix
 from gradkit.transforms.nuclear_norm import add_nuclear_norm_subgradient
 from gradkit.transforms.trained_rank_pruning import (
     check_truncation,
@@ -93,7 +94,12 @@ def _selection(param_labels: LabelsOrFn | None):
     if unknown:
       raise ValueError(f"param_labels use {unknown}, but trp only has rules for "
                        f"{sorted(TRP_LABELS)}")
-    return jax.tree.map(lambda label: label == "matrix", labels)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    chosen = treedef.flatten_up_to(labels)
+    for (path, leaf), label in zip(flat, chosen):
+      if label == "matrix":
+        check_matrix(leaf, jax.tree_util.keystr(path), "trp")
+    return treedef.unflatten([label == "matrix" for label in chosen])
 
   return selected
 
