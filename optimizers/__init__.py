@@ -25,7 +25,7 @@ __getattr__, __dir__, __all__ = _lazy.attach(
         "sgd_sai": ["sgd_sai"],
         "sinkgd": ["sinkgd"],
         "swan": ["swan"],
-        "trained_rank_pruning": ["trp"],
+        "trained_rank_pruning": ["trp", "trp_labels"],
         "zeroth_order": ["MezoStep", "matrices_only", "mezo", "mezo_step", "sparse_mezo"],
     },
 )

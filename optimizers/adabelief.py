@@ -2,49 +2,12 @@
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 import optax
 
 from gradkit import _checks
 from gradkit.optimizers._recipe import MaskOrFn, recipe
 from gradkit.registry import register
 from gradkit.transforms.moments import scale_by_adabelief
-
-# RAdam's threshold on the length of the approximated SMA (official code: 5).
-_RHO_THRESHOLD = 5.0
-
-
-def _rectified_belief_with_eps_root(
-    b1: float, b2: float, eps: jax.typing.ArrayLike, eps_root: jax.typing.ArrayLike
-) -> optax.GradientTransformation:
-  """`scale_by_rectified_belief` with `eps_root`, not `eps`, added inside s.
-
-  The moments are `optax.scale_by_belief(eps=eps, eps_root=eps_root)`'s; with
-  rho_t RAdam's SMA length and r_t its rectification, the direction is
-  r_t sqrt(1 - b2^t) m_hat / (sqrt(s) + eps) once rho_t >= 5, else m_hat.
-  """
-  moments = optax.scale_by_belief(b1, b2, eps=eps, eps_root=eps_root)
-
-  def update_fn(updates, state, params=None):
-    _, state = moments.update(updates, state, params)
-
-    def adaptive(m_hat, s):
-      dtype = jnp.promote_types(m_hat.dtype, jnp.float32)
-      t = state.count.astype(dtype)
-      b2_t = jnp.asarray(b2, dtype) ** t
-      rho_inf = 2.0 / (1.0 - jnp.asarray(b2, dtype)) - 1.0
-      rho = rho_inf - 2.0 * t * b2_t / (1.0 - b2_t)
-      # Clamped so the branch that jnp.where discards stays finite.
-      rectification = jnp.sqrt(jnp.maximum(
-          (rho - 4.0) * (rho - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho), 0.0))
-      step = (rectification * jnp.sqrt(1.0 - b2_t)).astype(m_hat.dtype)
-      return jnp.where(rho >= _RHO_THRESHOLD, step * m_hat / (jnp.sqrt(s) + eps), m_hat)
-
-    mu_hat = optax.tree.bias_correction(state.mu, b1, state.count)
-    return jax.tree.map(adaptive, mu_hat, state.nu), state
-
-  return optax.GradientTransformation(moments.init, update_fn)
 
 
 @register("adabelief")
@@ -99,11 +62,6 @@ def adabelief(
   _checks.check_unit_interval("b1", b1)
   _checks.check_unit_interval("b2", b2)
   _checks.check_non_negative("eps", eps)
-  if eps_root is None:
-    direction = scale_by_adabelief(b1, b2, eps, rectify)
-  else:
-    _checks.check_non_negative("eps_root", eps_root)
-    direction = (_rectified_belief_with_eps_root(b1, b2, eps, eps_root) if rectify else
-                 optax.scale_by_belief(b1, b2, eps=eps, eps_root=eps_root))
+  direction = scale_by_adabelief(b1, b2, eps, rectify, eps_root)
   return recipe(
       direction, learning_rate=learning_rate, weight_decay=weight_decay, mask=mask)

@@ -165,11 +165,12 @@ def scale_by_rectified_belief(
     b1: jax.typing.ArrayLike = 0.9,
     b2: jax.typing.ArrayLike = 0.999,
     eps: jax.typing.ArrayLike = 1e-16,
+    eps_root: jax.typing.ArrayLike | None = None,
 ) -> optax.GradientTransformation:
   """AdaBelief's rectified direction, as `rectify=True` in the official code.
 
-  The moments, m and s = EMA of (g - m)^2 plus eps (kept in the state), and
-  the state are `optax.scale_by_belief`'s with eps_root = eps; only the
+  The moments, m and s = EMA of (g - m)^2 plus eps_root (kept in the state),
+  and the state are `optax.scale_by_belief`'s; only the
   direction is recomputed from them. With rho_inf = 2 / (1 - b2) - 1 and
   rho_t = rho_inf - 2 t b2^t / (1 - b2^t):
 
@@ -183,7 +184,9 @@ def scale_by_rectified_belief(
   Args:
     b1: decay rate of the gradient moment, in [0, 1). Default 0.9.
     b2: decay rate of the belief moment, in [0, 1). Default 0.999.
-    eps: added inside s and to sqrt(s). Default 1e-16.
+    eps: added to sqrt(s) (and inside s unless `eps_root` is given). Default 1e-16.
+    eps_root: added inside s at every step; None means `eps`, the official
+      code's single eps. Default None.
 
   Returns:
     An `optax.GradientTransformation` with an `optax.ScaleByBeliefState`.
@@ -204,6 +207,8 @@ def scale_by_rectified_belief(
   _checks.check_unit_interval("b1", b1)
   _checks.check_unit_interval("b2", b2)
   _checks.check_non_negative("eps", eps)
+  eps_root = eps if eps_root is None else eps_root
+  _checks.check_non_negative("eps_root", eps_root)
 
   def direction(updates, state):
     del updates
@@ -218,7 +223,7 @@ def scale_by_rectified_belief(
     adaptive = _divide_by_uncorrected_root(mu_hat, state.nu, b2, t, eps, rectification)
     return optax.tree.where(rho >= _RHO_THRESHOLD, adaptive, mu_hat)
 
-  return _with_direction(optax.scale_by_belief(b1, b2, eps=eps, eps_root=eps), direction)
+  return _with_direction(optax.scale_by_belief(b1, b2, eps=eps, eps_root=eps_root), direction)
 
 
 def scale_by_adam_eps_before_correction(
@@ -415,18 +420,22 @@ def scale_by_adabelief(
     b2: jax.typing.ArrayLike = 0.999,
     eps: jax.typing.ArrayLike = 1e-16,
     rectify: bool = True,
+    eps_root: jax.typing.ArrayLike | None = None,
 ) -> optax.GradientTransformation:
   """AdaBelief's direction: rectified by default, else the paper's Algorithm 2.
 
   `scale_by_rectified_belief`, or with `rectify=False`
-  `optax.scale_by_belief(eps=eps, eps_root=eps)`. The one place gradkit
+  `optax.scale_by_belief(eps=eps, eps_root=eps_root)`. The one place gradkit
   chooses between them (`adabelief`, `adabelief8bit`).
 
   Args:
     b1: Decay rate of the first moment. Default 0.9.
     b2: Decay rate of the belief s. Default 0.999.
-    eps: Added inside s and to the denominator. Default 1e-16.
+    eps: Added to the denominator (and inside s unless `eps_root` is given).
+      Default 1e-16.
     rectify: Apply RAdam's rectification. Default True.
+    eps_root: Added inside s; None means `eps` (the official single eps).
+      Default None.
 
   Returns:
     An `optax.GradientTransformation`.
@@ -437,8 +446,10 @@ def scale_by_adabelief(
     https://github.com/juntang-zhuang/Adabelief-Optimizer
   """
   if rectify:
-    return scale_by_rectified_belief(b1, b2, eps)
-  return optax.scale_by_belief(b1, b2, eps=eps, eps_root=eps)
+    return scale_by_rectified_belief(b1, b2, eps, eps_root)
+  eps_root = eps if eps_root is None else eps_root
+  _checks.check_non_negative("eps_root", eps_root)
+  return optax.scale_by_belief(b1, b2, eps=eps, eps_root=eps_root)
 
 
 def debiased_ema(
