@@ -95,16 +95,19 @@ def _train(tx, obj_fn_needed, params, x, y):
   import optax
 
   @jax.jit
-  def step(params, state, x, y):
-    grads = jax.grad(_loss)(params, x, y)
+  def run(params, state, x, y):
     extra = {"obj_fn": lambda p: _loss(p, x, y)} if obj_fn_needed else {}
-    updates, state = tx.update(grads, state, params, **extra)
-    return optax.apply_updates(params, updates), state
+
+    def step(carry, _):
+      params, state = carry
+      updates, state = tx.update(jax.grad(_loss)(params, x, y), state, params, **extra)
+      return (optax.apply_updates(params, updates), state), None
+
+    # One call: a second one would compile again for the state's new layout.
+    return jax.lax.scan(step, (params, state), length=STEPS)[0]
 
   state = tx.init(params)  # eager: parameter-shaped state keeps the params' layout
-  for _ in range(STEPS):
-    params, state = step(params, state, x, y)
-  return params, state
+  return run(params, state, x, y)
 
 
 def _local_rows(sharding, a):
