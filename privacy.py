@@ -16,6 +16,17 @@ TF-Privacy) or the classic eps = min_alpha [rdp(alpha) - log(delta)/(alpha-1)]
 (Mironov 2017; older TF-Privacy). Default orders are Opacus/TF-Privacy's
 1.1, 1.2, ..., 10.9, 12, ..., 63. Everything runs on the host in float64.
 
+DiceSGD (`gradkit.transforms.dice_sgd`) is not DP-SGD: its fed-back error
+buffer carries un-noised per-example information, so its noise is calibrated
+to the effective sensitivity S = sqrt(C1^2 + 2 C1 C2) instead of C1 (official
+code: std sigma C1 sqrt(1 + 2 C2/C1) on the clipped sum, sigma from the DP-SGD
+accountant). `dice_sgd_noise_multiplier` gives that multiplier from sigma or
+from a target (epsilon, delta); `dice_sgd_epsilon` reports a DiceSGD run's
+epsilon (the subsampled-Gaussian RDP above at z = added std / S);
+`epsilon` routes to it when given a `feedback_clip_threshold`. C2 = 0 is
+DP-SGD exactly. Plain DP-SGD accounting with C1 alone under-reports epsilon
+whenever C2 > 0.
+
 References:
   I. Mironov, K. Talwar, L. Zhang, Rényi Differential Privacy of the Sampled
   Gaussian Mechanism, arXiv:1908.10530, 2019. I. Mironov, Rényi Differential
@@ -23,19 +34,22 @@ References:
   Renyi Differential Privacy, AISTATS 2020. M. Abadi et al., Deep Learning
   with Differential Privacy, CCS 2016. X. Zhang, Z. Bu, Z. S. Wu, M. Hong,
   Differentially Private SGD Without Clipping Bias: An Error-Feedback
-  Approach, ICLR 2024 (DiceSGD, which accounts with this RDP analysis).
+  Approach, ICLR 2024 (DiceSGD; official code 564612540/DiceSGD for the
+  noise calibration).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
-from scipy import special
+from scipy import optimize, special
 
 DEFAULT_ORDERS = tuple([1 + x / 10 for x in range(1, 100)] + list(range(12, 64)))
 CONVERSIONS = ("improved", "classic")
+NOISE_CALIBRATIONS = ("dice_sgd", "dp_sgd")
 _SERIES_CUTOFF = -30.0  # log of the smallest series term still added (as TF-Privacy)
 
 
@@ -173,20 +187,33 @@ def epsilon(
     delta: float,
     orders: Sequence[float] = DEFAULT_ORDERS,
     conversion: str = "improved",
+    *,
+    clip_threshold: float | None = None,
+    feedback_clip_threshold: float = 0.0,
 ) -> float:
   """epsilon of `steps` DP-SGD steps with noise multiplier sigma and sampling rate q at `delta`.
 
   For DP-SGD, sigma is the noise std over the clipping norm (optax.contrib.dpsgd's
   `noise_multiplier`) and q = batch size / dataset size.
 
+  This is DP-SGD's accounting (one clip C1). For a DiceSGD run pass its
+  `feedback_clip_threshold` C2 (and `clip_threshold` C1): a C2 > 0 is routed
+  to `dice_sgd_epsilon` with the added std sigma C1, so DP-SGD's number is
+  never reported for it. The DiceSGD transforms' own `noise_multiplier`
+  argument (inflated inside by default) goes to `dice_sgd_epsilon` directly.
+
   Args:
-    noise_multiplier: sigma, the noise std over the clipping norm.
+    noise_multiplier: sigma, the noise std (as added) over the clipping norm C1.
     sample_rate: q, batch size / dataset size.
     steps: the number of DP-SGD steps.
     delta: the target delta, in (0, 1).
     orders: RDP orders alpha > 1. Default DEFAULT_ORDERS (1.1, ..., 63).
     conversion: "improved" or "classic", as in `epsilon_from_rdp`.
       Default "improved".
+    clip_threshold: C1, required with a feedback_clip_threshold > 0. Default
+      None.
+    feedback_clip_threshold: C2 of a DiceSGD run (absolute); 0 is DP-SGD.
+      Default 0.0.
 
   Returns:
     The epsilon, a float.
@@ -202,5 +229,225 @@ def epsilon(
     >>> round(epsilon(1.5, 0.04, 2250, 1e-5), 4)
     7.3291
   """
+  if feedback_clip_threshold:
+    if clip_threshold is None:
+      raise ValueError("epsilon of a DiceSGD run (feedback_clip_threshold > 0) needs its "
+                       "clip_threshold C1: the noise is calibrated to sqrt(C1^2 + 2 C1 C2)")
+    return dice_sgd_epsilon(noise_multiplier, sample_rate, steps, delta, clip_threshold,
+                            feedback_clip_threshold, noise_calibration="dp_sgd", orders=orders,
+                            conversion=conversion)
   rdp = rdp_sampled_gaussian(noise_multiplier, sample_rate, steps, orders)
+  return epsilon_from_rdp(orders, rdp, delta, conversion)[0]
+
+
+def noise_multiplier_for_epsilon(
+    target_epsilon: float,
+    sample_rate: float,
+    steps: int,
+    delta: float,
+    orders: Sequence[float] = DEFAULT_ORDERS,
+    conversion: str = "improved",
+) -> float:
+  """The DP-SGD noise multiplier sigma whose `epsilon` is `target_epsilon` (to 1e-9 in log sigma).
+
+  Solved by Brent's method on log sigma (epsilon falls as sigma grows), as
+  Opacus' `get_noise_multiplier` solves it by bisection.
+
+  Args:
+    target_epsilon: the epsilon to reach, > 0.
+    sample_rate: q, batch size / dataset size, in (0, 1].
+    steps: the number of steps, >= 1.
+    delta: the target delta, in (0, 1).
+    orders: RDP orders alpha > 1. Default DEFAULT_ORDERS (1.1, ..., 63).
+    conversion: "improved" or "classic", as in `epsilon_from_rdp`.
+      Default "improved".
+
+  Returns:
+    sigma, a float.
+
+  References:
+    Mironov, Talwar & Zhang, "Renyi Differential Privacy of the Sampled Gaussian Mechanism", 2019.
+    https://arxiv.org/abs/1908.10530
+
+  Example:
+    >>> round(noise_multiplier_for_epsilon(7.32911117143, 0.04, 2250, 1e-5), 4)
+    1.5
+  """
+  if not (np.isfinite(target_epsilon) and target_epsilon > 0):
+    raise ValueError(f"target_epsilon must be a finite number > 0, got {target_epsilon!r}")
+  if not 0.0 < sample_rate <= 1.0:
+    raise ValueError(f"sample_rate must lie in (0, 1], got {sample_rate!r}")
+  if int(steps) != steps or steps < 1:
+    raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+
+  def gap(log_sigma):
+    eps = epsilon(math.exp(log_sigma), sample_rate, steps, delta, orders, conversion)
+    return min(eps, 1e300) - target_epsilon
+
+  lo, hi = math.log(0.5), math.log(2.0)
+  while gap(lo) <= 0:  # too much noise already: move down
+    lo, hi = lo - math.log(4.0), lo
+    if lo < math.log(1e-6):
+      raise ValueError(f"target_epsilon {target_epsilon!r} is reached without noise")
+  while gap(hi) > 0:
+    lo, hi = hi, hi + math.log(4.0)
+    if hi > math.log(1e8):
+      raise ValueError(f"target_epsilon {target_epsilon!r} needs a noise multiplier above 1e8")
+  return math.exp(optimize.brentq(gap, lo, hi, xtol=1e-9, rtol=1e-10))
+
+
+def dice_sgd_sensitivity(clip_threshold: Any, feedback_clip_threshold: Any) -> Any:
+  """sqrt(C1^2 + 2 C1 C2): the sensitivity DiceSGD's noise is calibrated to (C1 for DP-SGD).
+
+  The official code adds std sigma C1 sqrt(1 + 2 C2 / C1) to the clipped sum,
+  i.e. sigma times this value. Plain arithmetic: floats, numpy and traced jax
+  values all work (the DiceSGD transforms call it under jit).
+
+  Args:
+    clip_threshold: C1, the per-example clipping norm.
+    feedback_clip_threshold: C2, the absolute clipping norm of the fed-back
+      error (the official code's C2 flag is the ratio C2 / C1).
+
+  Returns:
+    sqrt(C1^2 + 2 C1 C2), of the inputs' type.
+
+  References:
+    Zhang, Bu, Wu & Hong, "Differentially Private SGD Without Clipping Bias: An Error-Feedback
+    Approach", ICLR 2024. https://arxiv.org/abs/2311.14632 ; official code:
+    https://github.com/564612540/DiceSGD (DiceSGD/optimizers_utils.py)
+  """
+  return (clip_threshold * clip_threshold + 2 * clip_threshold * feedback_clip_threshold) ** 0.5
+
+
+def _check_dice_thresholds(clip_threshold: float, feedback_clip_threshold: float) -> None:
+  if not (np.isfinite(clip_threshold) and clip_threshold > 0):
+    raise ValueError(f"clip_threshold must be a finite number > 0, got {clip_threshold!r}")
+  if not (np.isfinite(feedback_clip_threshold) and feedback_clip_threshold >= 0):
+    raise ValueError("feedback_clip_threshold must be a finite number >= 0, got "
+                     f"{feedback_clip_threshold!r}")
+
+
+def dice_sgd_noise_multiplier(
+    clip_threshold: float,
+    feedback_clip_threshold: float,
+    *,
+    noise_multiplier: float | None = None,
+    target_epsilon: float | None = None,
+    sample_rate: float | None = None,
+    steps: int | None = None,
+    delta: float | None = None,
+    orders: Sequence[float] = DEFAULT_ORDERS,
+    conversion: str = "improved",
+) -> float:
+  """DiceSGD's noise multiplier sigma sqrt(1 + 2 C2 / C1) from DP-SGD's sigma or a target epsilon.
+
+  The result is the noise std on the clipped per-example sum over C1 (the
+  quantity `dice_sgd_aggregate(..., noise_calibration="dp_sgd")` takes);
+  with the default calibration the transforms take DP-SGD's sigma and apply
+  this factor themselves. Give exactly one of `noise_multiplier` (DP-SGD's
+  sigma) or `target_epsilon` with `sample_rate`, `steps` and `delta` (sigma
+  is then solved by `noise_multiplier_for_epsilon`, as the official code gets
+  it from the DP-SGD accountant). C2 = 0 returns sigma unchanged; the factor
+  grows with kappa = C2 / C1. Calibration of the official code; its README
+  lists the DiceSGD noise computation as a TODO and the paper's theorem could
+  not be checked here (see BUILD_NOTES.md).
+
+  Args:
+    clip_threshold: C1 > 0, the per-example clipping norm.
+    feedback_clip_threshold: C2 >= 0, the absolute clipping norm of the
+      fed-back error.
+    noise_multiplier: DP-SGD's sigma. Default None.
+    target_epsilon: the epsilon to reach instead. Default None.
+    sample_rate: q with `target_epsilon`. Default None.
+    steps: the number of steps with `target_epsilon`. Default None.
+    delta: the delta with `target_epsilon`. Default None.
+    orders: RDP orders for the solve. Default DEFAULT_ORDERS (1.1, ..., 63).
+    conversion: "improved" or "classic" for the solve. Default "improved".
+
+  Returns:
+    The DiceSGD noise multiplier, a float.
+
+  References:
+    Zhang, Bu, Wu & Hong, "Differentially Private SGD Without Clipping Bias: An Error-Feedback
+    Approach", ICLR 2024. https://arxiv.org/abs/2311.14632 ; official code:
+    https://github.com/564612540/DiceSGD
+
+  Example:
+    >>> round(dice_sgd_noise_multiplier(0.5, 0.5, noise_multiplier=1.2), 6)
+    2.078461
+  """
+  _check_dice_thresholds(clip_threshold, feedback_clip_threshold)
+  if (noise_multiplier is None) == (target_epsilon is None):
+    raise ValueError("give exactly one of noise_multiplier (DP-SGD's sigma) or target_epsilon")
+  if target_epsilon is not None:
+    missing = [n for n, v in (("sample_rate", sample_rate), ("steps", steps), ("delta", delta))
+               if v is None]
+    if missing:
+      raise ValueError(f"target_epsilon needs {missing}")
+    noise_multiplier = noise_multiplier_for_epsilon(target_epsilon, sample_rate, steps, delta,
+                                                    orders, conversion)
+  if not (np.isfinite(noise_multiplier) and noise_multiplier >= 0):
+    raise ValueError(f"noise_multiplier must be a finite number >= 0, got {noise_multiplier!r}")
+  return float(noise_multiplier * dice_sgd_sensitivity(float(clip_threshold),
+                                                        float(feedback_clip_threshold))
+               / clip_threshold)
+
+
+def dice_sgd_epsilon(
+    noise_multiplier: float,
+    sample_rate: float,
+    steps: int,
+    delta: float,
+    clip_threshold: float,
+    feedback_clip_threshold: float,
+    noise_calibration: str = "dice_sgd",
+    orders: Sequence[float] = DEFAULT_ORDERS,
+    conversion: str = "improved",
+) -> float:
+  """epsilon of a DiceSGD run: the sampled-Gaussian RDP at z = added std / sqrt(C1^2 + 2 C1 C2).
+
+  Pass the arguments given to `dice_sgd_aggregate` / `dice_sgd`: with
+  noise_calibration "dice_sgd" (their default) the added std on the clipped
+  sum is sigma sqrt(C1^2 + 2 C1 C2), so z = sigma; with "dp_sgd" it is
+  sigma C1 and z = sigma C1 / sqrt(C1^2 + 2 C1 C2) < sigma, a larger epsilon
+  than DP-SGD's. C2 = 0 gives DP-SGD's epsilon exactly. The guarantee is the
+  one the official code's calibration implies (the error buffer makes the
+  steps depend on each other; see BUILD_NOTES.md), not a DP-SGD one.
+
+  Args:
+    noise_multiplier: sigma as given to the transform.
+    sample_rate: q, batch size / dataset size.
+    steps: the number of DiceSGD steps.
+    delta: the target delta, in (0, 1).
+    clip_threshold: C1 > 0.
+    feedback_clip_threshold: C2 >= 0 (absolute).
+    noise_calibration: the transform's `noise_calibration`, "dice_sgd" or
+      "dp_sgd". Default "dice_sgd".
+    orders: RDP orders alpha > 1. Default DEFAULT_ORDERS (1.1, ..., 63).
+    conversion: "improved" or "classic", as in `epsilon_from_rdp`.
+      Default "improved".
+
+  Returns:
+    The epsilon, a float.
+
+  References:
+    Zhang, Bu, Wu & Hong, "Differentially Private SGD Without Clipping Bias: An Error-Feedback
+    Approach", ICLR 2024. https://arxiv.org/abs/2311.14632 ; official code:
+    https://github.com/564612540/DiceSGD
+
+  Example:
+    >>> eps = dice_sgd_epsilon(1.5, 0.04, 2250, 1e-5, 0.5, 0.5, noise_calibration="dp_sgd")
+    >>> eps > epsilon(1.5, 0.04, 2250, 1e-5)
+    True
+  """
+  _check_dice_thresholds(clip_threshold, feedback_clip_threshold)
+  if noise_calibration not in NOISE_CALIBRATIONS:
+    raise ValueError(f"noise_calibration must be one of {NOISE_CALIBRATIONS}, "
+                     f"got {noise_calibration!r}")
+  if noise_calibration == "dice_sgd":
+    z = noise_multiplier
+  else:
+    z = noise_multiplier * clip_threshold / dice_sgd_sensitivity(clip_threshold,
+                                                                 feedback_clip_threshold)
+  rdp = rdp_sampled_gaussian(z, sample_rate, steps, orders)
   return epsilon_from_rdp(orders, rdp, delta, conversion)[0]

@@ -20,7 +20,9 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from gradkit.privacy import DEFAULT_ORDERS, epsilon, epsilon_from_rdp, rdp_sampled_gaussian
+from gradkit.privacy import (
+    DEFAULT_ORDERS, dice_sgd_epsilon, dice_sgd_noise_multiplier, dice_sgd_sensitivity, epsilon,
+    epsilon_from_rdp, noise_multiplier_for_epsilon, rdp_sampled_gaussian)
 
 
 def test_tf_privacy_rdp_values():
@@ -103,3 +105,72 @@ def test_invalid_arguments(kwargs):
   args = dict(noise_multiplier=1.0, sample_rate=0.01, steps=10, delta=1e-5) | kwargs
   with pytest.raises(ValueError):
     epsilon(**args)
+
+
+# DiceSGD calibration and accounting. Closed form (official code 564612540/DiceSGD,
+# optimizers_utils.py, noise std sigma * C1 * sqrt(1 + 2 C2/C1) on the clipped sum, with sigma
+# the DP-SGD accountant's multiplier): the DiceSGD multiplier is sigma * sqrt(1 + 2 kappa),
+# kappa = C2 / C1, and at a given added std the accountant sees z_eff = std / sqrt(C1^2 + 2 C1 C2).
+
+
+def _improved_full_batch_eps(z, steps, delta):
+  a = np.asarray(DEFAULT_ORDERS)  # q = 1: RDP = steps * alpha / (2 z^2), improved conversion
+  return np.min(steps * a / (2 * z**2) + np.log((a - 1) / a)
+                - (math.log(delta) + np.log(a)) / (a - 1))
+
+
+@pytest.mark.parametrize("sigma, c1, c2", [(1.2, 0.5, 0.5), (0.8, 1.0, 3.0), (2.0, 0.1, 0.0)])
+def test_dice_sgd_noise_multiplier_closed_form(sigma, c1, c2):
+  kappa = c2 / c1
+  assert dice_sgd_noise_multiplier(c1, c2, noise_multiplier=sigma) == pytest.approx(
+      sigma * np.sqrt(1 + 2 * kappa), rel=1e-12)
+  assert dice_sgd_sensitivity(c1, c2) == pytest.approx(np.sqrt(c1**2 + 2 * c1 * c2), rel=1e-12)
+  # Sheet oracle 1: sigma 1.2, C1 = C2 = 0.5 gives std 1.2 * 0.5 * sqrt(3) on the sum.
+  assert dice_sgd_noise_multiplier(0.5, 0.5, noise_multiplier=1.2) * 0.5 == pytest.approx(
+      1.0392304845, abs=1e-9)
+
+
+def test_dice_sgd_noise_multiplier_is_monotone_and_reduces_to_dp_sgd():
+  kappas = np.linspace(0.0, 30.0, 61)
+  values = [dice_sgd_noise_multiplier(0.5, 0.5 * k, noise_multiplier=1.3) for k in kappas]
+  assert np.all(np.diff(values) > 0)
+  assert values[0] == 1.3  # C2 = 0: no feedback, DP-SGD's multiplier exactly
+  assert dice_sgd_noise_multiplier(1.0, 1e-12, noise_multiplier=1.3) == pytest.approx(1.3)
+
+
+def test_noise_multiplier_for_epsilon_inverts_the_opacus_value():
+  sigma = noise_multiplier_for_epsilon(7.32911117143, 0.04, 2250, 1e-5)
+  assert sigma == pytest.approx(1.5, rel=1e-5)
+  dice = dice_sgd_noise_multiplier(0.5, 1.0, target_epsilon=7.32911117143, sample_rate=0.04,
+                                   steps=2250, delta=1e-5)
+  assert dice == pytest.approx(1.5 * np.sqrt(5.0), rel=1e-5)
+  with pytest.raises(ValueError, match="exactly one"):
+    dice_sgd_noise_multiplier(0.5, 1.0, noise_multiplier=1.0, target_epsilon=2.0)
+
+
+@pytest.mark.parametrize("c1, c2", [(1.0, 1.0), (0.5, 2.0)])
+def test_dice_sgd_epsilon_full_batch_closed_form(c1, c2):
+  sigma, steps, delta = 3.0, 20, 1e-6
+  # Noise added as the transform does by default: the accountant sees z = sigma.
+  assert dice_sgd_epsilon(sigma, 1.0, steps, delta, c1, c2) == pytest.approx(
+      _improved_full_batch_eps(sigma, steps, delta), rel=1e-9)
+  # Only DP-SGD's sigma C1 added: z_eff = sigma C1 / sqrt(C1^2 + 2 C1 C2) (sheet oracle 2).
+  z_eff = sigma * c1 / np.sqrt(c1**2 + 2 * c1 * c2)
+  got = dice_sgd_epsilon(sigma, 1.0, steps, delta, c1, c2, noise_calibration="dp_sgd")
+  assert got == pytest.approx(_improved_full_batch_eps(z_eff, steps, delta), rel=1e-9)
+  assert got > epsilon(sigma, 1.0, steps, delta)  # the DP-SGD number under-reports
+
+
+def test_dice_sgd_epsilon_without_feedback_is_dp_sgd():
+  for calibration in ("dice_sgd", "dp_sgd"):
+    assert dice_sgd_epsilon(1.5, 0.04, 2250, 1e-5, 0.5, 0.0, noise_calibration=calibration) == (
+        pytest.approx(7.32911117143, abs=1e-9))
+
+
+def test_epsilon_routes_a_feedback_run_to_the_dice_sgd_accountant():
+  c1, c2, steps, delta = 1.0, 1.0, 20, 1e-6
+  # `epsilon`'s multiplier is the added std over C1; with C2 > 0 it must not be DP-SGD's number.
+  got = epsilon(3.0, 1.0, steps, delta, clip_threshold=c1, feedback_clip_threshold=c2)
+  assert got == pytest.approx(_improved_full_batch_eps(3.0 / np.sqrt(3.0), steps, delta), rel=1e-9)
+  with pytest.raises(ValueError, match="clip_threshold"):
+    epsilon(3.0, 1.0, steps, delta, feedback_clip_threshold=c2)

@@ -9,11 +9,19 @@ transformations must come first in a chain, are not registered in
 `dice_sgd_aggregate` returns, on the mean-gradient scale (paper, Algorithm 1):
   v_t = (1/B) sum_i clip(g_i, C1) + clip(e_t, C2),  clip(u, C) = u min(1, C/||u||)
   e_{t+1} = e_t + g_bar - v_t  (what clipping removed, noise excluded)
-  output v_t + w_t, w_t ~ N(0, (sigma C1 / B)^2 I)
+  output v_t + w_t, w_t ~ N(0, (sigma sqrt(C1^2 + 2 C1 C2) / B)^2 I)
 with global l2 norms (per example over all leaves; over the whole buffer),
-e_0 = 0 and the key in the state. The noise is optax's DP-SGD noise
-(std sigma C1 on the clipped sum); see BUILD_NOTES.md for the official code's
-larger calibration and the accountant to use (`gradkit.privacy`).
+e_0 = 0 and the key in the state.
+
+Privacy: the error buffer carries un-noised per-example information into
+later releases, so DP-SGD's noise sigma C1 is not enough once C2 > 0. By
+default the noise follows the official code's DiceSGD calibration: `sigma` is
+the DP-SGD accountant's multiplier and the added std on the clipped sum is
+sigma C1 sqrt(1 + 2 C2 / C1) (`gradkit.privacy.dice_sgd_sensitivity`). Report
+a run's epsilon with `gradkit.privacy.dice_sgd_epsilon` (same arguments);
+solve sigma for a target epsilon with
+`gradkit.privacy.noise_multiplier_for_epsilon`. Never account a C2 > 0 run
+as DP-SGD with C1 alone: that under-reports epsilon.
 
 References:
   X. Zhang, Z. Bu, Z. S. Wu, M. Hong, Differentially Private SGD Without
@@ -31,6 +39,7 @@ import jax.numpy as jnp
 import optax
 
 from gradkit import _checks
+from gradkit.privacy import NOISE_CALIBRATIONS, dice_sgd_sensitivity
 
 
 class DiceSgdAggregateState(NamedTuple):
@@ -46,20 +55,34 @@ def _clip_factor(norm: jax.Array, threshold: jax.typing.ArrayLike) -> jax.Array:
   return jnp.minimum(1.0, threshold / jnp.maximum(norm, tiny))
 
 
+def _check_noise_calibration(noise_calibration: str) -> None:
+  if noise_calibration not in NOISE_CALIBRATIONS:
+    raise ValueError(f"noise_calibration must be one of {NOISE_CALIBRATIONS}, "
+                     f"got {noise_calibration!r}")
+
+
 def dice_sgd_aggregate(
     clip_threshold: jax.typing.ArrayLike,
     feedback_clip_threshold: jax.typing.ArrayLike,
     noise_multiplier: jax.typing.ArrayLike,
     seed: int = 0,
+    noise_calibration: str = "dice_sgd",
 ) -> optax.GradientTransformation:
-  """Per-example clipping at C1, clipped error feedback at C2, Gaussian noise.
+  """Per-example clipping at C1, clipped error feedback at C2, DiceSGD-calibrated Gaussian noise.
 
   Args:
     clip_threshold: C1, the per-example global l2 clipping norm.
     feedback_clip_threshold: C2, the absolute clipping norm of the fed-back
       buffer (the official code's C2 flag is the ratio C2 / C1).
-    noise_multiplier: sigma; the noise std on the mean is sigma C1 / B.
+    noise_multiplier: sigma, the DP-SGD accountant's multiplier for the
+      target (epsilon, delta) (`gradkit.privacy.noise_multiplier_for_epsilon`).
     seed: seed of the noise key. Default 0.
+    noise_calibration: "dice_sgd": noise std sigma sqrt(C1^2 + 2 C1 C2) / B
+      on the mean (the official code's calibration; epsilon from
+      `gradkit.privacy.dice_sgd_epsilon`). "dp_sgd": DP-SGD's sigma C1 / B,
+      for ablations or a sigma the caller inflated already
+      (`gradkit.privacy.dice_sgd_noise_multiplier`); with C2 > 0 it is not
+      private at DP-SGD's epsilon. Default "dice_sgd".
 
   Returns:
     A transformation mapping per-example gradients to the noisy DiceSGD
@@ -73,6 +96,7 @@ def dice_sgd_aggregate(
   _checks.check_non_negative("clip_threshold", clip_threshold)
   _checks.check_non_negative("feedback_clip_threshold", feedback_clip_threshold)
   _checks.check_non_negative("noise_multiplier", noise_multiplier)
+  _check_noise_calibration(noise_calibration)
 
   def init_fn(params):
     error = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
@@ -97,7 +121,12 @@ def dice_sgd_aggregate(
 
     key, noise_key = jax.random.split(jax.random.wrap_key_data(state.key))
     noise = optax.tree.random_like(noise_key, direction)
-    std = noise_multiplier * clip_threshold / batch_size
+    if noise_calibration == "dice_sgd":
+      sensitivity = dice_sgd_sensitivity(jnp.asarray(clip_threshold, jnp.float32),
+                                         jnp.asarray(feedback_clip_threshold, jnp.float32))
+    else:
+      sensitivity = clip_threshold
+    std = noise_multiplier * sensitivity / batch_size
     noisy = jax.tree.map(lambda v, w: v + std * w, direction, noise)
     return noisy, DiceSgdAggregateState(error=error, key=jax.random.key_data(key))
 
@@ -112,22 +141,29 @@ def dice_sgd(
     seed: int = 0,
     momentum: float | None = None,
     nesterov: bool = False,
+    noise_calibration: str = "dice_sgd",
 ) -> optax.GradientTransformation:
   """DiceSGD: `dice_sgd_aggregate` then `optax.sgd` (per-example gradients in).
 
   Official training defaults (train_cifar.py): learning rate 0.1, C1 = 0.5,
   C2 = C1 (ratio 1), batch 1000. Any optax optimizer may replace SGD by
   chaining it after `dice_sgd_aggregate` (the official code also uses Adam).
+  The privacy of a run is DiceSGD's, not DP-SGD's: report it with
+  `gradkit.privacy.dice_sgd_epsilon(noise_multiplier, q, steps, delta,
+  clip_threshold, feedback_clip_threshold)`.
 
   Args:
     learning_rate: SGD step size, a scalar or an optax schedule.
     clip_threshold: C1, the per-example clipping norm.
     feedback_clip_threshold: C2, the clipping norm of the fed-back error
       (absolute, not a ratio to C1).
-    noise_multiplier: sigma; the noise std is sigma C1 / B on the mean scale.
+    noise_multiplier: sigma, the DP-SGD accountant's multiplier; the added
+      std is sigma sqrt(C1^2 + 2 C1 C2) / B on the mean scale by default.
     seed: seed of the noise, carried in the state. Default 0.
     momentum: SGD momentum, or None for none. Default None.
     nesterov: Use Nesterov momentum. Default False.
+    noise_calibration: "dice_sgd" or "dp_sgd", as in `dice_sgd_aggregate`.
+      Default "dice_sgd".
 
   Returns:
     An `optax.GradientTransformation` taking per-example gradients (leading
@@ -150,7 +186,8 @@ def dice_sgd(
   """
   _checks.check_non_negative("learning_rate", learning_rate)
   return optax.chain(
-      dice_sgd_aggregate(clip_threshold, feedback_clip_threshold, noise_multiplier, seed),
+      dice_sgd_aggregate(clip_threshold, feedback_clip_threshold, noise_multiplier, seed,
+                         noise_calibration),
       optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov))
 
 

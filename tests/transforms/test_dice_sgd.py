@@ -101,20 +101,44 @@ def test_no_feedback_equals_optax_clipped_mean_and_dp_sgd():
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
-def test_noise_std_is_sigma_c_over_batch():
-  sigma, c1, batch, size = 2.0, 0.5, 4, 40_000
-  tx = dice_sgd_aggregate(c1, 1.0, sigma, seed=7)
+def _measured_std(tx, batch, size):
   zeros = jnp.zeros((batch, size))
   outs, state = _run(tx, jnp.zeros(size), [zeros, zeros])
-  std = sigma * c1 / batch
+  return outs, state
+
+
+@pytest.mark.parametrize("c1, c2", [(0.5, 1.0), (1.0, 0.25), (0.5, 0.0)])
+def test_noise_std_is_the_dice_sgd_calibration(c1, c2):
+  # Official code (DiceSGD/optimizers_utils.py): std sigma * C1 * sqrt(1 + 2 C2/C1) on the
+  # clipped sum, i.e. sigma * sqrt(C1^2 + 2 C1 C2) / B on the mean; C2 = 0 is DP-SGD's sigma C1 / B.
+  sigma, batch, size = 2.0, 4, 40_000
+  outs, state = _measured_std(dice_sgd_aggregate(c1, c2, sigma, seed=7), batch, size)
+  std = sigma * np.sqrt(c1**2 + 2 * c1 * c2) / batch
   # Sample std of n normals has relative sd ~ 1/sqrt(2n) = 0.35%; allow 6 of those.
   for out in outs:
     assert abs(np.std(out) / std - 1) < 6 / np.sqrt(2 * size)
     assert abs(np.mean(out)) < 6 * std / np.sqrt(size)
   assert np.corrcoef(outs[0], outs[1])[0, 1] < 0.05  # fresh noise each step
   np.testing.assert_allclose(state.error, 0.0)  # the buffer never sees the noise
-  again, _ = _run(dice_sgd_aggregate(c1, 1.0, sigma, seed=7), jnp.zeros(size), [zeros])
+  again, _ = _run(dice_sgd_aggregate(c1, c2, sigma, seed=7), jnp.zeros(size),
+                  [jnp.zeros((batch, size))])
   np.testing.assert_array_equal(again[0], outs[0])
+
+
+def test_dp_sgd_noise_calibration_keeps_sigma_c1():
+  sigma, c1, batch, size = 2.0, 0.5, 4, 40_000
+  tx = dice_sgd_aggregate(c1, 1.0, sigma, seed=7, noise_calibration="dp_sgd")
+  outs, _ = _measured_std(tx, batch, size)
+  assert abs(np.std(outs[0]) / (sigma * c1 / batch) - 1) < 6 / np.sqrt(2 * size)
+  with pytest.raises(ValueError, match="noise_calibration"):
+    dice_sgd_aggregate(c1, 1.0, sigma, noise_calibration="opacus")
+
+
+def test_dice_sgd_chain_uses_the_calibration():
+  sigma, c1, c2, batch, size = 1.5, 1.0, 2.0, 2, 40_000
+  u, _ = _run(dice_sgd(1.0, c1, c2, sigma, seed=3), jnp.zeros(size), [jnp.zeros((batch, size))])
+  std = sigma * np.sqrt(c1**2 + 2 * c1 * c2) / batch  # sqrt(5) x DP-SGD's
+  assert abs(np.std(u[0]) / std - 1) < 6 / np.sqrt(2 * size)
 
 
 @pytest.mark.parametrize("kwargs", [
