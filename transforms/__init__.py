@@ -18,6 +18,11 @@ __getattr__, __dir__, __all__ = _lazy.attach(
         "estimator_mixing": [
             "mix_gradients", "mixing_weight_from_samples", "mse_optimal_mixing_weight",
         ],
+        "fedhyper": [
+            "EstimateFedHyperLocalLrState", "ScaleByFedHyperClientLrState",
+            "ScaleByFedHyperGlobalState", "estimate_fedhyper_local_lr",
+            "scale_by_fedhyper_client_lr", "scale_by_fedhyper_global",
+        ],
         "friction": ["ScaleByFrictionState", "scale_by_friction"],
         "gsnr_scaling": ["scale_by_gsnr_at_init"],
         "hypergradient": ["ScaleByHypergradientLrState", "scale_by_hypergradient_lr"],

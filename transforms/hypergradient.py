@@ -6,7 +6,10 @@ step's learning rate is −⟨g_t, u_{t−1}⟩, so
   η_t = clip(η_{t−1} + β ⟨g_t, u_{t−1}⟩, lo, hi),  update_t = −η_t u_t,
 where u_t is the base direction (the raw gradient for HD-SGD, Adam's
 m̂/(√v̂ + ε) for Adam-HD) and g_t the raw gradient. FedHyper (Wang et al.,
-ICLR 2024) applies the same rule to per-round model changes.
+ICLR 2024) applies the idea to federated parameter changes, with its own
+momentum, bounds and hypergradient step: its global (FedHyper-G/GM),
+server-set local (SL) and client-side local (CL) rules are in
+`gradkit.transforms.fedhyper`, not here.
 
 Lives in `transforms/` rather than `implicit/`: it is an ordinary optax
 transformation that takes plain gradient trees and needs no inner problem, so
