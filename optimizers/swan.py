@@ -7,16 +7,39 @@ code was released; the rule follows the paper's operators.
 
 from __future__ import annotations
 
+import jax
 import optax
 
 from gradkit import _checks
 from gradkit.optimizers._recipe import LabelsOrFn, MaskOrFn, descend, matrix_or_fallback
+from gradkit.optimizers.matrix_labels import matrix_labels
 from gradkit.registry import register
 from gradkit.transforms.newton_schulz import whiten_newton_schulz
+from gradkit.transforms.matrix_view import matrix_shape
 from gradkit.transforms.normalization import normalize_axis
 
 NS_STEPS = 10
 AXIS = 0
+
+
+def _single_entry_matrices_to_adamw(param_labels: LabelsOrFn | None, axis: int):
+  """`param_labels` with "matrix" leaves whose 2-D view has one entry along
+  GradNorm's `axis` (a (1, n) kernel, a (1, 1, 1, c) convolution) relabelled
+  "vector": centring a single entry leaves exactly zero, so SWAN would never
+  move them."""
+  labels_of = matrix_labels if param_labels is None else param_labels
+
+  def labels(params):
+    base = labels_of(params) if callable(labels_of) else labels_of
+
+    def one(label, leaf):
+      shape = getattr(leaf, "shape", ())
+      degenerate = len(shape) >= 2 and matrix_shape(shape)[axis] == 1
+      return "vector" if label == "matrix" and degenerate else label
+
+    return jax.tree.map(one, base, params)
+
+  return labels
 
 
 @register("swan")
@@ -47,7 +70,9 @@ def swan(
   eps added to sqrt(v_hat)) at `adam_learning_rate`, by default the same
   learning rate, as in the GaLore benchmark the paper follows. Weight decay
   is decoupled, p <- p - lr (d + wd p) with each branch's lr, on every
-  branch, restricted by `mask`.
+  branch, restricted by `mask`. A "matrix" whose 2-D view has a single entry
+  along GradNorm's axis (a (1, n) kernel, a (1, 1, 1, c) convolution) also
+  gets AdamW: its centred gradient is exactly zero, so SWAN would never move it.
 
   Args:
     learning_rate: float or optax schedule, for the matrix leaves (and the AdamW
@@ -95,4 +120,5 @@ def swan(
   adam_lr = learning_rate if adam_learning_rate is None else adam_learning_rate
   adamw = descend(optax.scale_by_adam(b1, b2, adam_eps),
                   learning_rate=adam_lr, weight_decay=weight_decay, mask=mask)
-  return matrix_or_fallback(direction, adamw, param_labels)
+  axis = AXIS if axis is None else axis
+  return matrix_or_fallback(direction, adamw, _single_entry_matrices_to_adamw(param_labels, axis))

@@ -113,3 +113,20 @@ def test_static_options_under_inject_hyperparams():
 def test_invalid_hyperparameters_raise(hparams):
   with pytest.raises(ValueError):
     swan(**hparams)
+
+
+def test_single_input_matrices_get_adams_first_step():
+  """A (1, n) kernel and a (1, 1, 1, c) convolution have one entry per
+  output unit along GradNorm's axis: centring zeroes it, so they go to AdamW,
+  whose first step is -lr g / (|g| + eps) (closed form), labelled or not."""
+  rng = np.random.default_rng(5)
+  params = {"w": f32(rng.normal(size=(1, 6))), "conv": f32(rng.normal(size=(1, 1, 1, 4))),
+            "dense": f32(rng.normal(size=(5, 3))), "head": f32(rng.normal(size=(3, 2)))}
+  grads = jax.tree.map(lambda p: f32(rng.normal(size=p.shape)), params)
+  lr = 0.01
+  for labels in (None, {"w": "matrix", "conv": "matrix", "dense": "matrix", "head": "head"}):
+    u = _one_update(swan(learning_rate=lr, param_labels=labels), params, grads)
+    for k in ("w", "conv"):
+      g = np.asarray(grads[k], np.float64)
+      np.testing.assert_allclose(u[k], -lr * g / (np.abs(g) + 1e-8), rtol=1e-5)
+  np.testing.assert_allclose(-u["dense"] / lr, _numpy_swan_direction(grads["dense"]), atol=1e-4)
