@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 __getattr__, __dir__, __all__ = _lazy.attach(
     __name__,
     {
+        "hyperparams": ["inject_hyperparams"],
         "memory": ["state_nbytes"],
         "registry": ["create", "names"],
     },
