@@ -65,12 +65,16 @@ def candidate_names(value: str | Sequence[str], field: str = "optimizers") -> li
 
 def default_learning_rate(name: str) -> float:
   """The `learning_rate` default of the factory registered as `name`."""
-  return inspect.signature(get_factory(name)).parameters["learning_rate"].default
+  default = inspect.signature(get_factory(name)).parameters["learning_rate"].default
+  if default is inspect.Parameter.empty:  # most of optax's, e.g. "optax.adam"
+    raise ValueError(f"{name} has no default learning rate: set config.learning_rates.{name}")
+  return default
 
 
 def factory_hparams(config: ml_collections.ConfigDict, name: str, seed: int) -> dict[str, Any]:
   """config.hparams[name], plus `seed=seed` for factories that take a seed not set there."""
-  hparams = config.hparams[name].to_dict() if name in config.hparams else {}
+  hparams = config.hparams.get(name, None)  # get: "optax.adam" is config.hparams.optax.adam
+  hparams = {} if hparams is None else hparams.to_dict()
   if "seed" in inspect.signature(get_factory(name)).parameters:
     hparams.setdefault("seed", seed)
   return hparams
