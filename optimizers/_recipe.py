@@ -16,6 +16,21 @@ MaskOrFn = Any | Callable[[optax.Params], Any] | None
 LabelsOrFn = Any | Callable[[optax.Params], Any]
 
 
+def optax_alias(name: str, value: Any, default: Any, alias: str, alias_value: Any) -> Any:
+  """The value of the knob gradkit calls `name` and optax calls `alias`.
+
+  A factory taking optax's spelling as a keyword (default None) calls this
+  with both: `alias_value` wins when given, `value` otherwise. Both given
+  (`value` is not the very `default` object of the signature, as
+  `optax.inject_hyperparams` passes it on) is a ValueError naming both.
+  """
+  if alias_value is None:
+    return value
+  if value is not default:
+    raise ValueError(f"got both {name}= and {alias}= (optax's name for {name}); pass one")
+  return alias_value
+
+
 def _tail(
     learning_rate: optax.ScalarOrSchedule, weight_decay: optax.ScalarOrSchedule, mask: MaskOrFn
 ) -> tuple[optax.GradientTransformation, ...]:

@@ -34,7 +34,13 @@ import jax
 import optax
 
 from gradkit import _checks
-from gradkit.optimizers._recipe import LabelsOrFn, MaskOrFn, descend, matrix_or_fallback
+from gradkit.optimizers._recipe import (
+    LabelsOrFn,
+    MaskOrFn,
+    descend,
+    matrix_or_fallback,
+    optax_alias,
+)
 from gradkit.registry import register
 from gradkit.transforms.matrix_view import stateless_matrix_transform
 from gradkit.transforms.moments import debiased_ema
@@ -68,6 +74,7 @@ def muon(
     adam_weight_decay: optax.ScalarOrSchedule = 0.0,
     adam_nesterov: bool = True,
     param_labels: LabelsOrFn | None = None,
+    ns_coeffs: tuple[float, float, float] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Muon on "matrix" leaves, AdamW on "embedding", "head" and "vector" leaves.
 
@@ -84,6 +91,9 @@ def muon(
   1e-7; auxiliary Adam at lr 3e-4, betas (0.9, 0.95), eps 1e-10, no
   Nesterov; both weight decays 0) is `muon(bias_correction=False, eps=1e-7,
   adam_learning_rate=3e-4, adam_b2=0.95, adam_eps=1e-10, adam_nesterov=False)`.
+  optax's argument name `ns_coeffs` is accepted for `ns_coefficients`; optax's
+  `weight_decay_mask` is not an alias of `mask`, which masks the AdamW
+  decay too.
 
   Args:
     learning_rate: Muon's rate (KellerJordan/Muon's default 0.02); a float or
@@ -113,6 +123,8 @@ def muon(
       "embedding", "head", "vector"); None means `matrix_labels` (a tree or
       callable must be listed in `static_args` under `optax.inject_hyperparams`,
       which would otherwise take a callable for a schedule). Default None (`matrix_labels`).
+    ns_coeffs: optax.contrib.muon's name for `ns_coefficients` (an alias, the
+      (a, b, c) form only; passing both is a ValueError). Default None.
 
   Returns:
     An `optax.GradientTransformationExtraArgs`.
@@ -132,6 +144,8 @@ def muon(
     >>> updates["dense"]["kernel"].shape
     (4, 8)
   """
+  ns_coefficients = optax_alias(
+      "ns_coefficients", ns_coefficients, MUON_COEFFICIENTS, "ns_coeffs", ns_coeffs)
   _checks.check_unit_interval("beta", beta)
   _checks.check_unit_interval("adam_b1", adam_b1)
   _checks.check_unit_interval("adam_b2", adam_b2)

@@ -22,7 +22,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from optax._src import numerics
 
 from gradkit import _checks
 from gradkit.optimizers._recipe import MaskOrFn, recipe
@@ -241,7 +240,7 @@ def mezo_step(
     params = perturb_c(params, state, -2.0 * eps)
     loss_minus = forward_c(params, *batch)
     params = restore_update_c(params, state, loss_plus, loss_minus)
-    state = EstimateSpsaGradientState(numerics.safe_increment(state.count), state.key)
+    state = EstimateSpsaGradientState(optax.safe_increment(state.count), state.key)
     return params, state, loss_plus
 
   def programs(params, state, *batch):

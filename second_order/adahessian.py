@@ -12,7 +12,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from optax._src import numerics
 
 from gradkit import _checks
 from gradkit.optimizers._recipe import MaskOrFn, recipe
@@ -109,7 +108,7 @@ def scale_by_adahessian(
           state.count % update_interval == 0, fresh_diag,
           lambda s: (state.diag, s), state.estimator)
 
-    count = numerics.safe_increment(state.count)
+    count = optax.safe_increment(state.count)
     mu = optax.tree.update_moment(updates, state.mu, b1, 1)
     nu = optax.tree.update_moment_per_elem_norm(diag, state.nu, b2, 2)
     mu_hat = optax.tree.bias_correction(mu, b1, count)

@@ -2,8 +2,9 @@
 
 Liu, Li, Hall, Liang & Ma, "Sophia: A Scalable Stochastic Second-order
 Optimizer for Language Model Pre-training", ICLR 2024 (arXiv 2305.14342);
-official code Liuhong99/Sophia (SophiaG). The step is optax's own
-`optax.contrib.scale_by_sophia` (0.2.8): u = clip(m̂ / max(γ h, eps), ±1),
+official code Liuhong99/Sophia (SophiaG). The step is optax.contrib.sophia's
+(0.2.8; its `scale_by_sophia` is not exported, so gradkit carries the few
+lines, checked against `optax.contrib.sophia`): u = clip(m̂ / max(γ h, eps), ±1),
 m̂ the bias-corrected momentum, h the EMA of the estimate (not corrected),
 refreshed in a `lax.cond` when the step count before the update is a
 multiple of `update_interval` (steps 1, k+1, ...; the step that refreshes h
@@ -28,11 +29,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-# optax 0.2.8 exports only `sophia` from optax.contrib; its step is this transform.
-from optax.contrib._sophia import scale_by_sophia
-
 from gradkit import _checks
-from gradkit.optimizers._recipe import MaskOrFn, recipe
+from gradkit.optimizers._recipe import MaskOrFn, optax_alias, recipe
 from gradkit.registry import register
 from gradkit.second_order.hutchinson import estimate_hutchinson_diagonal
 
@@ -128,16 +126,51 @@ def estimate_gauss_newton_bartlett_diagonal(seed: int = 0) -> optax.GradientTran
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+class ScaleBySophiaState(NamedTuple):
+  """Step count, momentum, EMA of the Hessian-diagonal estimate, the estimator's state."""
+
+  count: jax.Array
+  mu: optax.Updates
+  nu: optax.Updates
+  estimator_state: Any
+
+
 def _scale_by_sophia(b1, b2, eps, gamma, clip_threshold, update_interval, estimator):
+  """optax.contrib.sophia's step: clip(m̂ / max(γ h, eps)), h refreshed by `estimator`."""
   _checks.check_unit_interval("b1", b1)
   _checks.check_unit_interval("b2", b2)
   _checks.check_non_negative("eps", eps)
   _checks.check_non_negative("gamma", gamma)
   _checks.check_positive("clip_threshold", clip_threshold)
   _checks.check_positive("update_interval", update_interval)
-  return scale_by_sophia(
-      b1=b1, b2=b2, eps=eps, gamma=gamma, clip_threshold=clip_threshold,
-      update_interval=update_interval, hessian_diagonal_fn=estimator)
+  estimator = optax.with_extra_args_support(estimator)
+
+  def init_fn(params):
+    return ScaleBySophiaState(
+        count=jnp.zeros([], jnp.int32), mu=optax.tree.zeros_like(params),
+        nu=optax.tree.zeros_like(params), estimator_state=estimator.init(params))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    if params is None:
+      raise ValueError("sophia needs params in update")
+    count = optax.safe_increment(state.count)
+    mu = optax.tree.update_moment(updates, state.mu, b1, 1)
+    mu_hat = optax.tree.bias_correction(mu, b1, count)
+    direction = jax.tree.map(lambda m, h: m / jnp.maximum(gamma * h, eps), mu_hat, state.nu)
+    if clip_threshold is not None:
+      direction = jax.tree.map(lambda u: jnp.clip(u, -clip_threshold, clip_threshold), direction)
+
+    def refresh(estimator_state, nu):
+      estimate, estimator_state = estimator.update(updates, estimator_state, params, **extra_args)
+      return estimator_state, optax.tree.update_moment(estimate, nu, b2, 1)
+
+    # The refresh after this step's direction, when the count before it is a multiple of k.
+    estimator_state, nu = jax.lax.cond(
+        state.count % update_interval == 0, refresh, lambda s, n: (s, n),
+        state.estimator_state, state.nu)
+    return direction, ScaleBySophiaState(count, mu, nu, estimator_state)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 @register("sophia")
@@ -153,6 +186,8 @@ def sophia(
     num_probes: int | None = None,
     seed: int = 0,
     mask: MaskOrFn = None,
+    *,
+    weight_decay_mask: MaskOrFn = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Sophia-H: p <- p - lr (clip(m̂ / max(γ h, eps), ±1) + wd p), h the Hutchinson EMA.
 
@@ -160,7 +195,8 @@ def sophia(
   here; with one probe and seed 0 the very same probes). lr defaults to the
   official GPT-2 small value 6e-4 (the README: about AdamW's lr), since
   optax has no default. `update` needs `obj_fn=` (params -> scalar loss of
-  the current batch) on every step, as optax's.
+  the current batch) on every step, as optax's. optax's argument name
+  `weight_decay_mask` is accepted for `mask`.
 
   Args:
     learning_rate: Step size, a scalar or an optax schedule. Default 6e-4.
@@ -176,6 +212,8 @@ def sophia(
     seed: probe seed, carried in the state. Default 0.
     mask: Tree of booleans, or a callable params -> tree, choosing the leaves
       that are decayed. Default None (every leaf).
+    weight_decay_mask: optax.contrib.sophia's name for `mask` (an alias;
+      passing both is a ValueError). Default None.
 
   Returns:
     An `optax.GradientTransformationExtraArgs` whose `update` needs `obj_fn=`.
@@ -188,7 +226,8 @@ def sophia(
   return recipe(
       _scale_by_sophia(b1, b2, eps, gamma, clip_threshold, update_interval,
                        estimate_hutchinson_diagonal(num_probes, seed)),
-      learning_rate=learning_rate, weight_decay=weight_decay, mask=mask,
+      learning_rate=learning_rate, weight_decay=weight_decay,
+      mask=optax_alias("mask", mask, None, "weight_decay_mask", weight_decay_mask),
   )
 
 
@@ -204,6 +243,8 @@ def sophia_g(
     update_interval: int = 10,
     seed: int = 0,
     mask: MaskOrFn = None,
+    *,
+    weight_decay_mask: MaskOrFn = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Sophia-G: Sophia with the Gauss-Newton-Bartlett estimator ĥ = B ĝ ⊙ ĝ.
 
@@ -227,6 +268,8 @@ def sophia_g(
     seed: seed of the label draws, carried in the state. Default 0.
     mask: Tree of booleans, or a callable params -> tree, choosing the leaves
       that are decayed. Default None (every leaf).
+    weight_decay_mask: optax.contrib.sophia's name for `mask` (an alias;
+      passing both is a ValueError). Default None.
 
   Returns:
     An `optax.GradientTransformationExtraArgs` whose `update` needs
@@ -240,5 +283,6 @@ def sophia_g(
   return recipe(
       _scale_by_sophia(b1, b2, eps, gamma, clip_threshold, update_interval,
                        estimate_gauss_newton_bartlett_diagonal(seed)),
-      learning_rate=learning_rate, weight_decay=weight_decay, mask=mask,
+      learning_rate=learning_rate, weight_decay=weight_decay,
+      mask=optax_alias("mask", mask, None, "weight_decay_mask", weight_decay_mask),
   )

@@ -200,3 +200,26 @@ def test_official_momentum_and_fallback_follow_keller_jordans_update(nesterov):
     step = (m1 / (1 - 0.9**t)) / (np.sqrt(m2 / (1 - 0.95**t)) + 1e-10)
     bias = bias * (1 - adam_lr * adam_wd) - adam_lr * step
     np.testing.assert_allclose(history[t - 1]["dense"]["bias"], bias, rtol=1e-5, atol=1e-7)
+
+
+COEFFICIENTS = (3.0, -3.2, 1.2)  # not Muon's: the alias must carry them through
+
+
+def test_optax_s_ns_coeffs_is_an_alias_of_ns_coefficients():
+  hp = dict(beta=0.9, weight_decay=0.05, adam_learning_rate=3e-3)
+  ours = muon(learning_rate=0.05, ns_coeffs=COEFFICIENTS, **hp)
+  spelled = muon(learning_rate=0.05, ns_coefficients=COEFFICIENTS, **hp)
+  theirs = optax.contrib.muon(0.05, ns_coeffs=COEFFICIENTS,
+                              muon_weight_dimension_numbers=OPTAX_DIMS, **hp)
+  history = run_updates(ours, PARAMS, GRADS[:3])
+  _assert_histories_close(history, run_updates(theirs, PARAMS, GRADS[:3]))
+  _assert_histories_close(history, run_updates(spelled, PARAMS, GRADS[:3]), atol=0.0)
+  default = run_updates(muon(learning_rate=0.05, **hp), PARAMS, GRADS[:1])
+  assert not np.allclose(history[0]["dense"]["kernel"], default[0]["dense"]["kernel"])
+  injected = optax.inject_hyperparams(muon)(learning_rate=0.05, ns_coeffs=COEFFICIENTS, **hp)
+  _assert_histories_close(history, run_updates(injected, PARAMS, GRADS[:3]))
+
+
+def test_ns_coefficients_and_ns_coeffs_together_are_refused():
+  with pytest.raises(ValueError, match=r"ns_coefficients=.*ns_coeffs="):
+    muon(ns_coefficients=COEFFICIENTS, ns_coeffs=COEFFICIENTS)

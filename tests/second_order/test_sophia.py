@@ -239,3 +239,26 @@ def test_missing_objectives_are_named():
 def test_invalid_hyperparameters_raise(factory, bad):
   with pytest.raises(ValueError, match=next(iter(bad))):
     factory(**bad)
+
+
+def test_optax_s_weight_decay_mask_is_an_alias_of_mask(regression):
+  hp = dict(b1=0.9, b2=0.95, eps=1e-6, weight_decay=0.5, gamma=0.05, update_interval=2)
+  mask = {"w": False, "b": True}
+  ours = sophia(learning_rate=0.02, weight_decay_mask=mask, **hp)
+  theirs = optax.contrib.sophia(0.02, weight_decay_mask=mask, **hp)
+  unmasked = sophia(learning_rate=0.02, **hp)
+  got, _ = _run(ours, regression.params, 3, obj_fn=regression.loss)
+  want, _ = _run(theirs, regression.params, 3, obj_fn=regression.loss)
+  every_leaf, _ = _run(unmasked, regression.params, 3, obj_fn=regression.loss)
+  jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6), got, want)
+  assert not np.allclose(got[-1]["w"], every_leaf[-1]["w"])  # the mask took effect
+  injected = optax.inject_hyperparams(sophia)(learning_rate=0.02, weight_decay_mask=mask, **hp)
+  got_injected, _ = _run(injected, regression.params, 3, obj_fn=regression.loss)
+  jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6),
+               got_injected, want)
+
+
+@pytest.mark.parametrize("factory", [sophia, sophia_g])
+def test_mask_and_weight_decay_mask_together_are_refused(factory):
+  with pytest.raises(ValueError, match=r"mask=.*weight_decay_mask="):
+    factory(mask={"w": True}, weight_decay_mask={"w": True})
