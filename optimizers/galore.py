@@ -15,6 +15,23 @@ static: their defaults are None (meaning 128, 200 and 20), which
 clamped to min(m, n) of each matrix's 2-D view (`gradkit.transforms.
 matrix_view`: leading axes merged).
 
+Per-layer settings: as the official code's parameter groups give layers
+their own rank, update_proj_gap and scale, `rank`, `update_proj_gap` and
+`scale` each take a constant or a rule `fn(path, shape)` of the leaf's key
+path (`jax.tree_util.keystr(path)` names it) and its (m, n) matrix view,
+e.g. `rank=lambda path, shape: 64 if "attn" in jax.tree_util.keystr(path)
+else 128`. Rules are static: `gradkit.inject_hyperparams` keeps them so by
+itself; under `optax.inject_hyperparams` list them in `static_args` (it
+takes a callable hyperparameter for a schedule).
+
+SVD signs: each singular vector is defined up to sign, and which sign an
+SVD returns is its library's convention (here XLA's, on CPU LAPACK's; the
+official code uses torch's). Within one projector period the steps do not
+depend on it, but Adam's moments are carried across refreshes in the old
+coordinates, so from the first refresh on (k = T) the trajectory depends on
+the signs the SVD picked, and runs with another library (or device) agree
+only up to that choice.
+
 Weight decay is decoupled and applied with the step, p <- p - lr (d + wd p);
 the official codes decay after the update, p <- (1 - lr wd)(p - lr d), which
 differs by O(lr^2 wd).
@@ -27,7 +44,14 @@ import optax
 from gradkit import _checks
 from gradkit.optimizers._recipe import LabelsOrFn, MaskOrFn, matrix_recipe
 from gradkit.registry import register
-from gradkit.transforms.low_rank import Side, check_positive_int, project_low_rank
+from gradkit.transforms.low_rank import (
+    Period,
+    Rank,
+    Scale,
+    Side,
+    check_positive_int,
+    project_low_rank,
+)
 from gradkit.transforms.moments import scale_by_adam_eps_before_correction
 from gradkit.transforms.natural_gradient import precondition_natural_fisher
 
@@ -45,9 +69,9 @@ def _hf_adam(b1: float, b2: float, eps: float) -> optax.GradientTransformation:
 @register("galore")
 def galore(
     learning_rate: optax.ScalarOrSchedule = 1e-3,
-    rank: int | None = None,
-    update_proj_gap: int | None = None,
-    scale: float = 0.25,
+    rank: Rank | None = None,
+    update_proj_gap: Period | None = None,
+    scale: Scale = 0.25,
     proj_type: Side = "std",
     b1: float = 0.9,
     b2: float = 0.999,
@@ -65,7 +89,10 @@ def galore(
   p <- p - lr (update + wd p). The projector sits on the smaller side, as
   in the official `galore_projector.py`; `optax.contrib.galore` puts it on
   the larger side (its default dimension numbers), so the two agree only on
-  square matrices with swapped dimension numbers.
+  square matrices with swapped dimension numbers. Adam's moments and step
+  count are carried across refreshes, as in the official AdamW, so after the
+  first refresh the numbers depend on the SVD's sign convention (module
+  docstring).
 
   Defaults: lr 1e-3, betas (0.9, 0.999), eps 1e-6, wd 0 and T = 200 are the
   official class defaults; rank 128 is the CLI / 60M recipe value and
@@ -73,9 +100,12 @@ def galore(
 
   Args:
     learning_rate: float or optax schedule. Default 1e-3.
-    rank: r (static int; None means 128), clamped per matrix. Default None.
-    update_proj_gap: T, steps between SVD refreshes (static int; None means 200). Default None.
-    scale: alpha, multiplies the projected-back Adam step (not the decay). Default 0.25.
+    rank: r (static int, or a per-layer rule fn(path, shape); None means 128),
+      clamped per matrix. Default None.
+    update_proj_gap: T, steps between SVD refreshes (static int, or a per-layer
+      rule; None means 200). Default None.
+    scale: alpha, multiplies the projected-back Adam step (not the decay); a
+      number or a per-layer rule. Default 0.25.
     proj_type: "std", "reverse_std", "left", "right" or "full" (U^T G V). Default "std".
     b1: Adam's first-moment decay rate. Default 0.9.
     b2: Adam's second-moment decay rate. Default 0.999.
@@ -103,9 +133,9 @@ def galore(
 @register("natural_galore")
 def natural_galore(
     learning_rate: optax.ScalarOrSchedule = 1e-3,
-    rank: int | None = None,
-    update_proj_gap: int | None = None,
-    scale: float = 0.25,
+    rank: Rank | None = None,
+    update_proj_gap: Period | None = None,
+    scale: Scale = 0.25,
     natural_history: int | None = None,
     damping: float = 1e-3,
     b1: float = 0.9,
@@ -130,9 +160,11 @@ def natural_galore(
 
   Args:
     learning_rate: float or optax schedule. Default 1e-3.
-    rank: r on both sides (static int; None means 128), clamped per matrix. Default None.
-    update_proj_gap: T (static int; None means 200). Default None.
-    scale: alpha, multiplies the projected-back step. Default 0.25.
+    rank: r on both sides (static int, or a per-layer rule fn(path, shape);
+      None means 128), clamped per matrix. Default None.
+    update_proj_gap: T (static int, or a per-layer rule; None means 200). Default None.
+    scale: alpha, multiplies the projected-back step; a number or a per-layer rule.
+      Default 0.25.
     natural_history: s, cores kept for the Fisher (static int; None means 20). Default None.
     damping: lambda of the Fisher (official: 1e-3, hard-coded). Default 1e-3.
     b1: Adam's first-moment decay rate. Default 0.9.

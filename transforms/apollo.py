@@ -10,7 +10,10 @@ is the composition
   scale_by_apollo_ratios -> limit_norm_growth -> x sqrt(scale) -> x sqrt(1-b2^t)/(1-b1^t)
 
 (with `scale_front` the sqrt(scale) factor comes before the limiter). The
-projector and its refresh schedule are `gradkit.transforms.low_rank`'s.
+projector and its refresh schedule are `gradkit.transforms.low_rank`'s;
+the rank, the refresh period and the scale may be per-leaf rules
+fn(path, shape) of the leaf's key path and (m, n) matrix view, as the
+official code's parameter groups set them per layer.
 
 References:
   H. Zhu et al., APOLLO: SGD-like Memory, AdamW-level Performance, MLSys
@@ -21,6 +24,7 @@ References:
 
 from __future__ import annotations
 
+import math
 from typing import Literal, NamedTuple
 
 import jax
@@ -30,13 +34,17 @@ import optax
 from gradkit import _checks
 from gradkit.transforms.low_rank import (
     LowRankProjectorState,
+    Period,
     Rank,
+    Scale,
     check_projection_options,
     compute_dtype,
     init_projectors,
+    leaf_value,
     project_updates,
     subspace_zeros,
 )
+from gradkit.transforms.matrix_view import matrix_shape
 
 Granularity = Literal["channel", "tensor"]
 _GRANULARITIES = ("channel", "tensor")
@@ -75,7 +83,7 @@ def _ratio(n: jax.Array, r: jax.Array, side: str, granularity: Granularity) -> j
 
 def scale_by_apollo_ratios(
     rank: Rank,
-    update_every: int = 200,
+    update_every: Period = 200,
     *,
     granularity: Granularity = "channel",
     b1: jax.typing.ArrayLike = 0.9,
@@ -94,9 +102,11 @@ def scale_by_apollo_ratios(
   the caller (`scale_by_apollo`).
 
   Args:
-    rank: projection rank r (an int, or a function of each leaf's (m, n)
-      view), clamped to [1, min(m, n)] per leaf. Static.
-    update_every: the projector is redrawn every `update_every` steps (T). Default 200.
+    rank: projection rank r (an int, or a per-leaf rule fn(path, shape) or
+      fn(shape) of each leaf's key path and (m, n) view), clamped to
+      [1, min(m, n)] per leaf. Static.
+    update_every: the projector is redrawn every `update_every` steps (T; an
+      int or a per-leaf rule). Default 200.
     granularity: "channel" (APOLLO) or "tensor" (APOLLO-Mini). Static. Default "channel".
     b1: decay rate of the low-rank first moment, in [0, 1). Default 0.9.
     b2: decay rate of the low-rank second moment, in [0, 1). Default 0.999.
@@ -125,7 +135,7 @@ def scale_by_apollo_ratios(
   _checks.check_non_negative("eps", eps)
 
   def init_fn(params):
-    projection = init_projectors(params, rank, _SIDE, seed, "scale_by_apollo")
+    projection = init_projectors(params, rank, _SIDE, seed, "scale_by_apollo", update_every)
     zeros = subspace_zeros(params, rank, _SIDE)
     return ScaleByApolloRatiosState(projection, zeros, zeros)
 
@@ -203,6 +213,30 @@ def limit_norm_growth(gamma: jax.typing.ArrayLike = 1.01) -> optax.GradientTrans
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+def _scale_by_sqrt(scale: Scale) -> optax.GradientTransformation:
+  """x sqrt(scale): one factor for every leaf, or per leaf from a rule fn(path, shape)."""
+  if not callable(scale):
+    return optax.scale(jnp.sqrt(scale))
+
+  def factors(tree):
+    def one(path, x):
+      value = leaf_value(scale, path, matrix_shape(x.shape))
+      _checks.check_positive(f"scale of leaf {jax.tree_util.keystr(path) or '<root>'}", value)
+      return math.sqrt(value)
+
+    return jax.tree_util.tree_map_with_path(one, tree)
+
+  def init_fn(params):
+    factors(params)  # a rule's values are checked when the state is built
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda u, f: (u * f).astype(u.dtype), updates, factors(updates)), state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
 def _adam_step_size(
     b1: jax.typing.ArrayLike, b2: jax.typing.ArrayLike
 ) -> optax.GradientTransformation:
@@ -217,10 +251,10 @@ def _adam_step_size(
 
 def scale_by_apollo(
     rank: Rank,
-    update_every: int = 200,
+    update_every: Period = 200,
     *,
     granularity: Granularity = "channel",
-    scale: jax.typing.ArrayLike = 1.0,
+    scale: Scale = 1.0,
     b1: jax.typing.ArrayLike = 0.9,
     b2: jax.typing.ArrayLike = 0.999,
     eps: jax.typing.ArrayLike = 1e-6,
@@ -240,11 +274,13 @@ def scale_by_apollo(
   differ only through its 1e-8 guard.
 
   Args:
-    rank: projection rank (1 for APOLLO-Mini), clamped per leaf. Static.
-    update_every: projector refresh period T. Default 200.
+    rank: projection rank (1 for APOLLO-Mini), clamped per leaf; an int or a
+      per-leaf rule fn(path, shape). Static.
+    update_every: projector refresh period T (an int or a per-leaf rule). Default 200.
     granularity: "channel" (APOLLO) or "tensor" (APOLLO-Mini). Static. Default "channel".
     scale: the heuristic constant; the update is multiplied by sqrt(scale)
-      (1 for APOLLO, 128 for APOLLO-Mini in the paper). Default 1.0.
+      (1 for APOLLO, 128 for APOLLO-Mini in the paper); a number or a
+      per-leaf rule fn(path, shape) (static). Default 1.0.
     b1: decay rate of the low-rank first moment. Default 0.9.
     b2: decay rate of the low-rank second moment. Default 0.999.
     eps: added to the uncorrected sqrt(V). Default 1e-6.
@@ -272,7 +308,7 @@ def scale_by_apollo(
   ratios = scale_by_apollo_ratios(
       rank, update_every, granularity=granularity, b1=b1, b2=b2, eps=eps, seed=seed,
       projector=projector)
-  heuristic = optax.scale(jnp.sqrt(scale))
+  heuristic = _scale_by_sqrt(scale)
   limiter = () if limit_growth is None else (limit_norm_growth(limit_growth),)
   scaled = (heuristic, *limiter) if scale_front else (*limiter, heuristic)
   return optax.chain(ratios, *scaled, _adam_step_size(b1, b2))

@@ -15,6 +15,12 @@ APOLLO and FRUGAL (and anything else that works in a subspace):
   type) — the random kinds are drawn from fold_in(fold_in(key, leaf), k // T),
   so a seed reproduces every projector without storing more than one key;
 - refresh when the step count k (steps already taken) is a multiple of T;
+- per-leaf options: the rank, the period T and `project_low_rank`'s scale
+  may each be a constant or a rule `fn(path, shape)` of the leaf's key path
+  (a tuple of jax key entries; `jax.tree_util.keystr(path)` gives its
+  name) and its (m, n) matrix view, as the official codes' parameter
+  groups set per-layer values (a one-argument `fn(shape)` also works);
+  rules run when the state is built and traced, so they see static values;
 - precision: everything runs in float32, or in the leaf's dtype when it is
   wider (`compute_dtype`: bf16 leaves in float32, float64 leaves in float64).
 
@@ -33,8 +39,10 @@ References:
 
 from __future__ import annotations
 
+import inspect
+import numbers
 from collections.abc import Callable
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -61,25 +69,78 @@ def resolve_side(shape: tuple[int, int], side: Side) -> str:
   return side
 
 
-Rank = int | Callable[[tuple[int, int]], int]
+_T = TypeVar("_T")
+# A constant, or a per-leaf rule fn(path, shape) (or fn(shape)) of the leaf's
+# key path and (m, n) matrix view.
+LeafOption = _T | Callable[..., _T]
+Rank = LeafOption[int]
+Period = LeafOption[int]
+Scale = LeafOption[jax.typing.ArrayLike]
 
 
-def effective_rank(shape: tuple[int, int], rank: Rank) -> int:
-  """`rank` (an int, or a function of the (m, n) view) clamped to [1, min(m, n)];
+def _takes_path(fn: Callable[..., Any]) -> bool:
+  try:
+    inspect.signature(fn).bind(None, None)
+  except TypeError:
+    return False
+  except ValueError:  # no signature (some builtins): the one-argument form
+    return False
+  return True
+
+
+def leaf_value(option: LeafOption[_T], path: tuple[Any, ...], shape: tuple[int, int]) -> _T:
+  """`option` itself, or the per-leaf rule's value: option(path, shape), or
+  option(shape) for a rule of one argument.
+
+  Args:
+    option: a constant, or a callable of (key path, (m, n)) or of (m, n).
+    path: the leaf's key path, as `jax.tree_util.tree_map_with_path` gives it.
+    shape: the (m, n) matrix view of the leaf.
+
+  Returns:
+    The value for this leaf.
+  """
+  if not callable(option):
+    return option
+  return option(path, shape) if _takes_path(option) else option(shape)
+
+
+def effective_rank(shape: tuple[int, int], rank: Rank, path: tuple[Any, ...] = ()) -> int:
+  """`rank` (an int, or a per-leaf rule, see `leaf_value`) clamped to [1, min(m, n)];
   0 for a zero-size matrix, whose projectors and subspace are then empty."""
-  r = rank(shape) if callable(rank) else rank
-  return min(max(1, int(r)), *shape)
+  return min(max(1, int(leaf_value(rank, path, shape))), *shape)
 
 
-def projector_shape(shape: tuple[int, int], rank: Rank, side: Side) -> tuple[int, int]:
+def leaf_period(update_every: Period, path: tuple[Any, ...], shape: tuple[int, int]) -> int:
+  """The refresh period T of one leaf; ValueError naming the leaf unless an int >= 1."""
+  t = leaf_value(update_every, path, shape)
+  if not isinstance(t, numbers.Integral) or isinstance(t, bool) or t < 1:
+    where = jax.tree_util.keystr(path) or "<root>"
+    raise ValueError(f"update_every of leaf {where} must be an int >= 1, got {t!r}")
+  return int(t)
+
+
+def leaf_scale(scale: Scale, path: tuple[Any, ...], shape: tuple[int, int]) -> jax.typing.ArrayLike:
+  """The scale of one leaf; ValueError naming the leaf if a rule gives a negative one."""
+  value = leaf_value(scale, path, shape)
+  if callable(scale):
+    _checks.check_non_negative(f"scale of leaf {jax.tree_util.keystr(path) or '<root>'}", value)
+  return value
+
+
+def projector_shape(
+    shape: tuple[int, int], rank: Rank, side: Side, path: tuple[Any, ...] = ()
+) -> tuple[int, int]:
   """Shape of the projector ((m + n, r), U over V, for "full")."""
-  (m, n), r, s = shape, effective_rank(shape, rank), resolve_side(shape, side)
+  (m, n), r, s = shape, effective_rank(shape, rank, path), resolve_side(shape, side)
   return {"right": (r, n), "left": (m, r), "full": (m + n, r)}[s]
 
 
-def projected_shape(shape: tuple[int, int], rank: Rank, side: Side) -> tuple[int, int]:
+def projected_shape(
+    shape: tuple[int, int], rank: Rank, side: Side, path: tuple[Any, ...] = ()
+) -> tuple[int, int]:
   """Shape of project(G): (m, r), (r, n) or (r, r)."""
-  (m, n), r, s = shape, effective_rank(shape, rank), resolve_side(shape, side)
+  (m, n), r, s = shape, effective_rank(shape, rank, path), resolve_side(shape, side)
   return {"right": (m, r), "left": (r, n), "full": (r, r)}[s]
 
 
@@ -96,6 +157,8 @@ def make_projector(
     g: the (m, n) gradient of the leaf.
     key: PRNG key of the random kinds (unused by "svd").
     rank: the rank r (clamped to min(m, n)), or a function of (m, n).
+      Per-leaf rules of (path, shape) are resolved by the tree-level
+      functions, which pass the resulting int.
     side: "std" (projector on the smaller side, as the official GaLore),
       "reverse_std", "right", "left" or "full".
     kind: "svd", "gaussian" or "orthogonal".
@@ -191,20 +254,23 @@ class LowRankProjectorState(NamedTuple):
   projectors: Any  # per leaf: (r, n), (m, r) or (m + n, r) for "full"; `compute_dtype`.
 
 
-def check_positive_int(name: str, value: int | None) -> None:
-  """ValueError naming `name` unless `value` is None (a default) or an int >= 1.
+def check_positive_int(name: str, value: int | Callable[..., int] | None) -> None:
+  """ValueError naming `name` unless `value` is None (a default), an int >= 1,
+  or a per-leaf rule (checked per leaf when it is resolved, see `leaf_period`).
 
   Recipes call it with their own argument names (`update_proj_gap`, ...), so
   the error names what the user passed.
   """
-  if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+  if value is None or callable(value):
+    return
+  if not isinstance(value, int) or isinstance(value, bool) or value < 1:
     raise ValueError(f"{name} must be an int >= 1, got {value!r}")
 
 
-def check_projection_options(rank: Rank, update_every: int, side: Side, kind: Kind) -> None:
-  """ValueError for a rank or period that is not a positive int, or an unknown option."""
-  if not callable(rank):
-    check_positive_int("rank", rank)
+def check_projection_options(rank: Rank, update_every: Period, side: Side, kind: Kind) -> None:
+  """ValueError for a rank or period that is not a positive int (or a per-leaf
+  rule), or an unknown option."""
+  check_positive_int("rank", rank)
   check_positive_int("update_every", update_every)
   if side not in _SIDES:
     raise ValueError(f"side must be one of {_SIDES}, got {side!r}")
@@ -213,13 +279,18 @@ def check_projection_options(rank: Rank, update_every: int, side: Side, kind: Ki
 
 
 def init_projectors(
-    params: Any, rank: Rank, side: Side, seed: int, method: str
+    params: Any, rank: Rank, side: Side, seed: int, method: str,
+    update_every: Period | None = None,
 ) -> LowRankProjectorState:
-  """Zero projectors (replaced at the first step) for every matrix leaf."""
+  """Zero projectors (replaced at the first step) for every matrix leaf; per-leaf
+  ranks are resolved here, and periods (when given) checked leaf by leaf."""
 
   def zeros(path, p):
     check_matrix(p, jax.tree_util.keystr(path) or "<root>", method)
-    return jnp.zeros(projector_shape(matrix_shape(p.shape), rank, side), compute_dtype(p))
+    shape = matrix_shape(p.shape)
+    if update_every is not None:
+      leaf_period(update_every, path, shape)
+    return jnp.zeros(projector_shape(shape, rank, side, path), compute_dtype(p))
 
   return LowRankProjectorState(
       count=jnp.zeros([], jnp.int32),
@@ -231,33 +302,38 @@ def refresh_projectors(
     state: LowRankProjectorState,
     grads: Any,
     rank: Rank,
-    update_every: int,
+    update_every: Period,
     side: Side,
     kind: Kind,
-) -> tuple[Any, jax.Array]:
-  """(projectors for this step, whether they were redrawn), from the 2-D grads.
+) -> tuple[Any, Any]:
+  """(projectors for this step, per leaf whether it was redrawn), from the 2-D grads.
 
-  Redrawn when count % update_every == 0; the SVD runs only on those steps.
-  Leaf i's random projector uses fold_in(fold_in(key, i), count // T).
+  Leaf i is redrawn when count % T_i == 0 (T_i its period); the SVD runs
+  only on those steps. Its random projector uses fold_in(fold_in(key, i), count // T_i).
   """
-  refresh = state.count % update_every == 0
   base = jax.random.wrap_key_data(state.key)
-  leaves, treedef = jax.tree.flatten(grads)
+  paths_and_leaves, treedef = jax.tree_util.tree_flatten_with_path(grads)
   old = treedef.flatten_up_to(state.projectors)
-  new = []
-  for i, (g, p) in enumerate(zip(leaves, old)):
-    key = jax.random.fold_in(jax.random.fold_in(base, i), state.count // update_every)
+  new, refreshed = [], []
+  for i, ((path, g), p) in enumerate(zip(paths_and_leaves, old)):
+    period = leaf_period(update_every, path, g.shape)
+    r = effective_rank(g.shape, rank, path)
+    refresh = state.count % period == 0
+    key = jax.random.fold_in(jax.random.fold_in(base, i), state.count // period)
     new.append(jax.lax.cond(
-        refresh, lambda g=g, key=key, p=p: make_projector(g, key, rank, side, kind).astype(p.dtype),
+        refresh,
+        lambda g=g, key=key, p=p, r=r: make_projector(g, key, r, side, kind).astype(p.dtype),
         lambda p=p: p))
-  return treedef.unflatten(new), refresh
+    refreshed.append(refresh)
+  return treedef.unflatten(new), treedef.unflatten(refreshed)
 
 
 def subspace_zeros(params: Any, rank: Rank, side: Side) -> Any:
   """Zeros shaped like project(G) for every leaf, in its `compute_dtype`: the
   subspace's state shapes."""
-  return jax.tree.map(
-      lambda p: jnp.zeros(projected_shape(matrix_shape(p.shape), rank, side), compute_dtype(p)),
+  return jax.tree_util.tree_map_with_path(
+      lambda path, p: jnp.zeros(projected_shape(matrix_shape(p.shape), rank, side, path),
+                                compute_dtype(p)),
       params)
 
 
@@ -266,7 +342,7 @@ class Projected(NamedTuple):
 
   grads: Any  # 2-D views of the updates, in their `compute_dtype`.
   projectors: Any  # this step's projectors.
-  refreshed: jax.Array  # bool scalar: the projectors were redrawn this step.
+  refreshed: Any  # per leaf, bool scalar: its projector was redrawn this step.
   sides: Any  # per leaf: "left", "right" or "full".
   low: Any  # project(G) per leaf.
 
@@ -275,7 +351,7 @@ def project_updates(
     state: LowRankProjectorState,
     updates: Any,
     rank: Rank,
-    update_every: int,
+    update_every: Period,
     side: Side,
     kind: Kind,
 ) -> Projected:
@@ -297,12 +373,12 @@ class ProjectLowRankState(NamedTuple):
 def project_low_rank(
     inner: optax.GradientTransformation,
     rank: Rank,
-    update_every: int = 200,
+    update_every: Period = 200,
     *,
     kind: Kind = "svd",
     side: Side = "std",
     seed: int = 0,
-    scale: jax.typing.ArrayLike = 1.0,
+    scale: Scale = 1.0,
     complement: Complement = None,
     complement_scale: jax.typing.ArrayLike = 1.0,
     reset_on_refresh: bool = False,
@@ -316,17 +392,23 @@ def project_low_rank(
   the subspace; with `reset_on_refresh` that state is re-initialised
   whenever the projectors are redrawn (FRUGAL's `reset_statistics`),
   otherwise carried across refreshes (GaLore). The complement needs an
-  orthonormal projector ("svd" or "orthogonal").
+  orthonormal projector ("svd" or "orthogonal"). `rank`, `update_every`
+  and `scale` may be per-leaf rules fn(path, shape) (module docstring);
+  `inner`'s state has one step count, so `reset_on_refresh` needs one
+  period for every leaf.
 
   Args:
     inner: the stateful rule run in the subspace (e.g. Adam).
-    rank: target rank r (an int, or a function of each leaf's (m, n) view,
-      e.g. FRUGAL's round(rho * side)), clamped to [1, min(m, n)] per leaf.
-    update_every: refresh period T of the projectors. Default 200.
+    rank: target rank r (an int, or a per-leaf rule of the key path and
+      (m, n) view, or of the view alone, e.g. FRUGAL's round(rho * side)),
+      clamped to [1, min(m, n)] per leaf.
+    update_every: refresh period T of the projectors (an int or a per-leaf
+      rule). Default 200.
     kind: "svd", "gaussian" or "orthogonal" (module docstring). Default "svd".
     side: side rule (module docstring). Default "std".
     seed: seed of the random projectors. Default 0.
-    scale: multiplies inner's mapped-back output (GaLore's alpha). Default 1.0.
+    scale: multiplies inner's mapped-back output (GaLore's alpha); a number
+      or a per-leaf rule. Default 1.0.
     complement: state-free rule on the residual: "sign", "sgd" or None. Default None.
     complement_scale: multiplies the complement's output. Default 1.0.
     reset_on_refresh: re-initialise inner's state at each refresh. Default False.
@@ -351,12 +433,18 @@ def project_low_rank(
     raise ValueError(f"complement must be one of {_COMPLEMENTS}, got {complement!r}")
   if complement is not None and kind == "gaussian":
     raise ValueError("a complement needs an orthonormal projector: kind='svd' or 'orthogonal'")
+  if reset_on_refresh and callable(update_every):
+    raise ValueError("reset_on_refresh needs one update_every for every leaf (inner's state "
+                     "has one step count), not a per-leaf rule")
   _checks.check_non_negative("scale", scale)
   _checks.check_non_negative("complement_scale", complement_scale)
   method = "project_low_rank"
 
   def init_fn(params):
-    projection = init_projectors(params, rank, side, seed, method)
+    projection = init_projectors(params, rank, side, seed, method, update_every)
+    if callable(scale):  # a per-leaf rule is checked when the state is built
+      for path, p in jax.tree_util.tree_flatten_with_path(params)[0]:
+        leaf_scale(scale, path, matrix_shape(p.shape))
     return ProjectLowRankState(projection, inner.init(subspace_zeros(params, rank, side)))
 
   def update_fn(updates, state, params=None):
@@ -366,19 +454,20 @@ def project_low_rank(
     inner_state = state.inner
     if reset_on_refresh:
       fresh = inner.init(subspace_zeros(updates, rank, side))
-      inner_state = jax.tree.map(
-          lambda f, s: jnp.where(step.refreshed, f, s), fresh, inner_state)
+      refresh = state.projection.count % update_every == 0
+      inner_state = jax.tree.map(lambda f, s: jnp.where(refresh, f, s), fresh, inner_state)
     low_updates, inner_state = inner.update(low, inner_state)
 
-    def combine(u, g, x, r, p, s):
-      out = scale * project_back(x, p, s, g.shape)
+    def combine(path, u, g, x, r, p, s):
+      out = leaf_scale(scale, path, g.shape) * project_back(x, p, s, g.shape)
       if complement is not None:
         residual = g - project_back(r, p, s, g.shape)
         rule = jnp.sign(residual) if complement == "sign" else residual
         out = out + complement_scale * rule
       return out.reshape(u.shape).astype(u.dtype)
 
-    new_updates = jax.tree.map(combine, updates, grads, low_updates, low, projectors, sides)
+    new_updates = jax.tree_util.tree_map_with_path(
+        combine, updates, grads, low_updates, low, projectors, sides)
     projection = state.projection._replace(
         count=optax.safe_increment(state.projection.count), projectors=projectors)
     return new_updates, ProjectLowRankState(projection, inner_state)

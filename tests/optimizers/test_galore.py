@@ -1,9 +1,10 @@
 """Oracles for `galore` and `natural_galore`.
 
 The sheet's numpy float64 steps (lr = 1, wd = 0), optax.contrib's GaLore on a
-square matrix with swapped dimension numbers, the subspace invariant, and a
+square matrix with swapped dimension numbers, the subspace invariant, a
 float64 numpy port of the official Natural GaLore step (SVD factors, dense
-Fisher solve, Hugging Face Adam, U N V^T) written here.
+Fisher solve, Hugging Face Adam, U N V^T) and of the official GaLore step
+with per-layer (per parameter group) rank, period and scale, written here.
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ from optax.contrib import GaLoreDimensionNumbers, scale_by_galore
 
 import gradkit
 from gradkit.optimizers.galore import galore, natural_galore
+from gradkit.transforms.low_rank import ProjectLowRankState
 from trajectories import run_updates_and_state
+
+
+def _find_subspace(state) -> ProjectLowRankState:
+  is_node = lambda x: isinstance(x, ProjectLowRankState)  # noqa: E731
+  (found,) = [x for x in jax.tree.leaves(state, is_leaf=is_node) if is_node(x)]
+  return found
 
 
 def _updates(tx, params, grads_seq):
@@ -175,16 +183,37 @@ def test_fallback_leaves_get_hf_adam_with_the_same_rate():
         np.testing.assert_allclose(history[t - 1][k], p, rtol=1e-5, atol=1e-7)
 
 
+def _galore_first_step(g, rank, lr, alpha=0.25):
+  """Official GaLore step 1 on a tall (m >= n) matrix: P = top-r right singular
+  vectors, R = G P^T, HF Adam's first step on R, -lr alpha N P (wd 0)."""
+  p = np.linalg.svd(g, full_matrices=False)[2][:rank]
+  _, _, step = _hf_adam_step(0.0, 0.0, g @ p.T, 1)
+  return -lr * alpha * step @ p
+
+
 @pytest.mark.parametrize("name", ["galore", "natural_galore"])
-def test_bf16_params_and_conv_kernels(name):
+def test_bf16_conv_kernel_follows_the_rule_on_its_matrix_view(name):
+  """A (3, 3, 4, 8) bf16 kernel is the (36, 8) matrix G (leading axes merged):
+  its first update is the official rule on G at rank 4, re-derived in float64
+  (GaLore: right projector, m >= n; Natural GaLore: U^T G V, the Fisher over one
+  core, HF Adam, U N V^T). Both are invariant to the SVD's signs at step 1."""
   rng = np.random.default_rng(2)
   params = {"conv": jnp.asarray(rng.normal(size=(3, 3, 4, 8)), jnp.bfloat16),
             "b": jnp.zeros(8, jnp.bfloat16)}
-  tx = gradkit.create(name, rank=4, learning_rate=1e-2)
+  lr, rank = 1e-2, 4
+  tx = gradkit.create(name, rank=rank, learning_rate=lr)
   grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
-  u, state = jax.jit(tx.update)(grads, tx.init(params), params)
+  u, _ = jax.jit(tx.update)(grads, tx.init(params), params)
   chex.assert_trees_all_equal_dtypes(u, params)
-  assert all(np.all(np.isfinite(np.asarray(x, np.float32))) for x in jax.tree.leaves(u))
+  g = np.asarray(grads["conv"], np.float64).reshape(36, 8)
+  if name == "galore":
+    want = _galore_first_step(g, rank, lr)
+  else:
+    want = lr * _natural_galore_reference([g], rank=rank, history=20)[0]
+  got = np.asarray(u["conv"], np.float64).reshape(36, 8)
+  # bf16 updates carry 8 significant bits (4e-3 relative); Natural GaLore's
+  # float32 core has off-diagonal rounding noise that Adam turns into ~1e-3.
+  assert np.max(np.abs(got - want)) <= 1e-2 * np.max(np.abs(want))
 
 
 @pytest.mark.parametrize("name", ["galore", "natural_galore"])
@@ -203,3 +232,95 @@ def test_vector_routed_to_the_matrix_rule_is_rejected(name):
 def test_invalid_hyperparameters_raise(name, kwargs):
   with pytest.raises(ValueError):
     gradkit.create(name, **kwargs)
+
+
+LABELS = {"attn": "matrix", "mlp": "matrix"}  # both hidden matrices (no output head here)
+
+
+def _per_layer(attn, mlp):
+  return lambda path, shape: attn if "attn" in jax.tree_util.keystr(path) else mlp
+
+
+def _galore_leaf_oracle(grads, rank, gap, scale, theirs, lr, b1=0.9, b2=0.999, eps=1e-6):
+  """galore_torch AdamW on one parameter of its own group (rank, update_proj_gap,
+  scale), float64: P from the SVD of G when step % gap == 0 (right vectors if
+  m >= n, left ones otherwise; each vector given gradkit's sign, after checking
+  it is gradkit's up to sign); Adam's moments and count carried across refreshes."""
+  out, m, v = [], 0.0, 0.0
+  tall = grads[0].shape[0] >= grads[0].shape[1]
+  for k, g in enumerate(grads):
+    if k % gap == 0:
+      u, _, vt = np.linalg.svd(g, full_matrices=False)
+      p = vt[:rank] if tall else u[:, :rank]
+      frame, ref = (p, theirs[k]) if tall else (p.T, theirs[k].T)
+      overlap = np.sum(frame * ref, axis=1)
+      np.testing.assert_allclose(np.abs(overlap), 1.0, atol=1e-9)
+      p = p * (np.sign(overlap)[:, None] if tall else np.sign(overlap)[None, :])
+    r = g @ p.T if tall else p.T @ g
+    m, v, step = _hf_adam_step(m, v, r, k + 1, b1, b2, eps)
+    out.append(-lr * scale * (step @ p if tall else p @ step))
+  return out
+
+
+def test_per_layer_rank_period_and_scale_follow_each_leafs_own_rule():
+  """Two leaves, as two official parameter groups: "attn" (8, 5) at rank 1,
+  refreshed every step, scale 0.5; "mlp" (6, 9) at rank 3, every 3 steps,
+  scale 0.25. Float64, four steps; each leaf against its own oracle."""
+  shapes = {"attn": (8, 5), "mlp": (6, 9)}
+  rng = np.random.default_rng(7)
+  grads = [{k: rng.normal(size=s) * c for k, s in shapes.items()} for c in (1.0, 0.5, 2.0, 1.5)]
+  lr = 0.1
+  tx = galore(learning_rate=lr, rank=_per_layer(1, 3), update_proj_gap=_per_layer(1, 3),
+              scale=_per_layer(0.5, 0.25), param_labels=LABELS)
+  with jax.enable_x64(True):
+    params = {k: jnp.zeros(s, jnp.float64) for k, s in shapes.items()}
+    state = tx.init(params)
+    subspace = _find_subspace(state)
+    assert subspace.projection.projectors["attn"].shape == (1, 5)  # right, m >= n
+    assert subspace.projection.projectors["mlp"].shape == (6, 3)  # left, m < n
+    adam = subspace.inner
+    assert adam.mu["attn"].shape == (8, 1) and adam.mu["mlp"].shape == (3, 9)
+    update, got, theirs = jax.jit(tx.update), [], []
+    for g in grads:
+      u, state = update(jax.tree.map(jnp.asarray, g), state, params)
+      got.append(jax.tree.map(np.asarray, u))
+      theirs.append(jax.tree.map(np.asarray, _find_subspace(state).projection.projectors))
+  for key, (rank, gap, scale) in {"attn": (1, 1, 0.5), "mlp": (3, 3, 0.25)}.items():
+    want = _galore_leaf_oracle([g[key] for g in grads], rank, gap, scale,
+                               [t[key] for t in theirs], lr)
+    for t, (a, b) in enumerate(zip(got, want), start=1):
+      err = np.max(np.abs(a[key] - b)) / np.max(np.abs(b))
+      assert err <= 1e-10, f"{key}, step {t}: {err:.3g} relative"
+  # mlp keeps its first projector for steps 1-3; attn takes a new one each step.
+  np.testing.assert_array_equal(theirs[2]["mlp"], theirs[0]["mlp"])
+  assert np.max(np.abs(np.abs(theirs[1]["attn"]) - np.abs(theirs[0]["attn"]))) > 1e-2
+
+
+def test_a_per_layer_rule_with_a_bad_value_names_the_leaf():
+  tx = galore(update_proj_gap=_per_layer(0, 10), param_labels=LABELS)
+  with pytest.raises(ValueError, match=r"update_every of leaf \['attn'\]"):
+    tx.init({"attn": jnp.zeros((4, 3)), "mlp": jnp.zeros((4, 3))})
+  tx = galore(scale=_per_layer(-1.0, 0.25), param_labels=LABELS)
+  with pytest.raises(ValueError, match=r"scale of leaf \['attn'\]"):
+    tx.init({"attn": jnp.zeros((4, 3)), "mlp": jnp.zeros((4, 3))})
+
+
+def test_per_layer_rules_under_inject_hyperparams_as_static_args():
+  params = {"attn": jnp.zeros((8, 5)), "mlp": jnp.zeros((6, 9))}
+  rules = dict(rank=_per_layer(1, 3), update_proj_gap=_per_layer(1, 3),
+               scale=_per_layer(0.5, 0.25))
+  tx = optax.inject_hyperparams(galore, static_args=tuple(rules))(
+      learning_rate=0.1, param_labels=LABELS, **rules)
+  state = tx.init(params)
+  assert _find_subspace(state).projection.projectors["attn"].shape == (1, 5)
+  rng = np.random.default_rng(8)
+  grads = {k: jnp.asarray(rng.normal(size=p.shape), jnp.float32) for k, p in params.items()}
+  got, _ = jax.jit(tx.update)(grads, state, params)
+  plain = galore(learning_rate=0.1, param_labels=LABELS, **rules)
+  want, _ = jax.jit(plain.update)(grads, plain.init(params), params)
+  # Injected b1, b2 are float32 arrays (1 - 0.999 is 9.99987e-4 there): ~1e-5 relative.
+  chex.assert_trees_all_close(got, want, rtol=2e-5, atol=1e-9)
+  # gradkit.inject_hyperparams keeps the rules static by itself.
+  tx = gradkit.inject_hyperparams(galore)(learning_rate=0.1, param_labels=LABELS, **rules)
+  found, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+  chex.assert_trees_all_close(found, got, rtol=1e-6, atol=1e-9)
