@@ -2,17 +2,22 @@
 
 Xu, Xiang, Cai, Wen, "No More Adam: Learning Rate Scaling at Initialization
 is All You Need" (arXiv 2412.11768); official code AnonymousAlethiometer/SGD_SaI.
+Two scores: the g-SNR ||g|| / (std(g) + eps) of the released v1.0.3 code,
+and sqrt(numel), the official code's replacement for it from v1.1.0 on.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from gradkit import _checks
+
+Score = Literal["gsnr", "sqrt_size"]
+_SCORES = ("gsnr", "sqrt_size")
 
 
 class ScaleByGsnrAtInitState(NamedTuple):
@@ -42,8 +47,14 @@ def _block_gsnr(g: jax.Array, eps: jax.typing.ArrayLike) -> jax.Array:
   return jnp.where(sigma > 0, score, jnp.ones([], dtype))
 
 
+def _block_score(g: jax.Array, eps: jax.typing.ArrayLike, score: Score) -> jax.Array:
+  if score == "sqrt_size":
+    return jnp.sqrt(jnp.asarray(g.size, _score_dtype(g)))
+  return _block_gsnr(g, eps)
+
+
 def scale_by_gsnr_at_init(
-    eps: jax.typing.ArrayLike = 1e-8, normalize_by_max: bool = False
+    eps: jax.typing.ArrayLike = 1e-8, normalize_by_max: bool = False, score: Score = "gsnr"
 ) -> optax.GradientTransformation:
   """Scales each leaf by its gradient signal-to-noise ratio at the first step.
 
@@ -57,10 +68,17 @@ def scale_by_gsnr_at_init(
   best skipped with `optax.apply_if_finite`: the scores are then taken from
   the first finite gradient.
 
+  With `score="sqrt_size"` the score of a block of n elements is sqrt(n),
+  the official code's v1.1.0 rule ("sqrt(numel) as an approximation of
+  g-SNR"; ||g|| / std(g) ~ sqrt(n) for a zero-mean block): it no longer
+  reads the gradient's values, and `eps` is unused.
+
   Args:
     eps: added to the standard deviation. Default 1e-8.
     normalize_by_max: divide every score by the largest over all leaves, as
       in the paper's Algorithm 1 (the released v1.0.3 code does not). Default False.
+    score: "gsnr" (||g|| / (std + eps), v1.0.3) or "sqrt_size" (sqrt(n),
+      v1.1.0). Static. Default "gsnr".
 
   Returns:
     An `optax.GradientTransformation`.
@@ -79,13 +97,15 @@ def scale_by_gsnr_at_init(
     4.2426
   """
   _checks.check_non_negative("eps", eps)
+  if score not in _SCORES:
+    raise ValueError(f"score must be one of {_SCORES}, got {score!r}")
 
   def init_fn(params):
     gsnr = jax.tree.map(lambda p: jnp.ones([], _score_dtype(p)), params)
     return ScaleByGsnrAtInitState(count=jnp.zeros([], jnp.int32), gsnr=gsnr)
 
   def first_scores(updates):
-    gsnr = jax.tree.map(lambda g: _block_gsnr(g, eps), updates)
+    gsnr = jax.tree.map(lambda g: _block_score(g, eps, score), updates)
     if normalize_by_max and jax.tree.leaves(gsnr):
       top = jnp.max(jnp.stack(jax.tree.leaves(gsnr)))
       gsnr = jax.tree.map(lambda s: (s / top).astype(s.dtype), gsnr)

@@ -1,4 +1,5 @@
-"""SGD-SaI against the sheet's two-step oracle and float64 numpy steps."""
+"""SGD-SaI against the sheet's two-step oracle and float64 numpy steps (v1.0.3
+and the official code's later v1.1.0 rule)."""
 
 from __future__ import annotations
 
@@ -117,6 +118,55 @@ def test_inject_hyperparams_matches_plain_factory():
                          p0, grads)
   chex.assert_trees_all_close(plain, injected, rtol=1e-6)
   assert float(state.hyperparams["momentum"]) == pytest.approx(0.5)
+
+
+def _v110_reference(p0, grads, lr, mu, wd, normalize_by_max=False):
+  """sgd_sai.py v1.1.0 in float64: gsnr = numel ** 0.5 per tensor (set at the
+  first step, whatever the gradient), buf_1 = g_1, buf <- mu buf + (1 - mu) g,
+  p <- p (1 - lr wd) - lr gsnr buf. With `normalize_by_max` the scores are
+  divided by their maximum (the paper's Algorithm 1 applied to these scores)."""
+  scales = {k: np.asarray(v).size ** 0.5 for k, v in p0.items()}
+  if normalize_by_max:
+    top = max(scales.values())
+    scales = {k: v / top for k, v in scales.items()}
+  return _numpy_sgd_sai(p0, grads, [lr] * len(grads), mu, wd, scales)
+
+
+@pytest.mark.parametrize("normalize_by_max", [False, True])
+def test_v1_1_0_scales_by_sqrt_numel_as_the_later_official_code(normalize_by_max):
+  rng = np.random.default_rng(4)
+  shapes = {"w": (3, 4), "b": (4,), "s": ()}
+  p0 = {k: rng.normal(size=s) for k, s in shapes.items()}
+  # A constant first gradient for "b" has std 0: v1.0.3's g-SNR would differ.
+  grads = [{k: rng.normal(size=s) * c for k, s in shapes.items()} for c in (3.0, 0.5, 1.0)]
+  grads[0]["b"] = np.full(4, 0.7)
+  lr, mu, wd = 0.01, 0.9, 0.01
+  tx = sgd_sai(learning_rate=lr, momentum=mu, weight_decay=wd, version="v1.1.0",
+               normalize_by_max=normalize_by_max)
+  with jax.enable_x64(True):
+    params = {k: jnp.asarray(v, jnp.float64) for k, v in p0.items()}
+    update, state, got = jax.jit(tx.update), tx.init(params), []
+    for g in grads:
+      u, state = update({k: jnp.asarray(v, jnp.float64) for k, v in g.items()}, state, params)
+      params = optax.apply_updates(params, u)
+      got.append(jax.tree.map(np.asarray, params))
+  want = _v110_reference(p0, grads, lr, mu, wd, normalize_by_max)
+  for a, b in zip(got, want):
+    for k in b:
+      np.testing.assert_allclose(a[k], b[k], rtol=1e-13, atol=1e-15)
+  gsnr = [x for x in state if isinstance(x, ScaleByGsnrAtInitState)][0].gsnr
+  top = 12 ** 0.5 if normalize_by_max else 1.0
+  np.testing.assert_allclose([gsnr["w"], gsnr["b"], gsnr["s"]],
+                             np.array([12 ** 0.5, 2.0, 1.0]) / top, rtol=1e-15)
+  if not normalize_by_max:  # v1.0.3's g-SNR of the same run (gradkit's unit score for b, s)
+    v103 = _numpy_sgd_sai(p0, grads, [lr] * 3, mu, wd,
+                          {"w": _gsnr(grads[0]["w"]), "b": 1.0, "s": 1.0})
+    assert max(np.max(np.abs(a[k] - b[k])) for a, b in zip(v103, want) for k in b) > 1e-3
+
+
+def test_unknown_version_raises():
+  with pytest.raises(ValueError, match="version"):
+    sgd_sai(version="v2")
 
 
 @pytest.mark.parametrize(
