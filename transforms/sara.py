@@ -56,7 +56,7 @@ class RestrictToSmallWeightsState(NamedTuple):
   count: jax.Array  # int32: steps taken
   indices: Any  # per leaf (k,) int32, sorted flat indices of the k smallest |w|
   active: Any  # per leaf (k,) bool: |w| < threshold when selected
-  inner: optax.OptState  # inner's state for the (k,) float32 vectors
+  inner: optax.OptState  # inner's state for the (k,) vectors (params' dtype, float32 at least)
 
 
 def capacity(size: int, max_fraction: float) -> int:
@@ -71,7 +71,7 @@ def select_small_weights(
   and whether each is below `threshold` (`threshold` may be traced)."""
 
   def one(p):
-    magnitude = jnp.abs(p.astype(jnp.float32)).ravel()
+    magnitude = jnp.abs(p.astype(_dtype(p))).ravel()
     if p.size == 0:  # a zero-size leaf has nothing to train
       return jnp.zeros((0,), jnp.int32), jnp.zeros((0,), bool)
     _, index = jax.lax.top_k(-magnitude, capacity(p.size, max_fraction))
@@ -86,13 +86,18 @@ def _unzip(pairs: Any, like: Any) -> tuple[Any, Any]:
   return jax.tree.transpose(jax.tree.structure(like), jax.tree.structure((0, 0)), pairs)
 
 
-def _gather(tree: Any, indices: Any) -> Any:
-  return jax.tree.map(lambda x, i: x.astype(jnp.float32).ravel()[i], tree, indices)
+def _dtype(x: jax.Array) -> jnp.dtype:
+  """The params' dtype, float32 at least: the trainable entries' buffers and arithmetic."""
+  return jnp.promote_types(x.dtype, jnp.float32)
+
+
+def _gather(tree: Any, indices: Any, like: Any) -> Any:
+  return jax.tree.map(lambda x, i, p: x.astype(_dtype(p)).ravel()[i], tree, indices, like)
 
 
 def _scatter(values: Any, indices: Any, like: Any) -> Any:
   return jax.tree.map(
-      lambda v, i, x: jnp.zeros(x.size, jnp.float32).at[i].set(v).reshape(x.shape),
+      lambda v, i, x: jnp.zeros(x.size, v.dtype).at[i].set(v).reshape(x.shape),
       values, indices, like)
 
 
@@ -149,7 +154,8 @@ def restrict_to_small_weights(
   """Runs `inner` on the small-magnitude weights only; zero update elsewhere.
 
   `inner` sees, per leaf, the (k,) vectors of the trainable positions'
-  gradients (plus the nuclear sub-gradient) and params, float32; inactive
+  gradients (plus the nuclear sub-gradient) and params, in the params' dtype
+  (float32 at least: bf16 in float32, float64 in float64); inactive
   positions get zero gradient and zero update. Needs `params` in `update`.
 
   Args:
@@ -174,38 +180,42 @@ def restrict_to_small_weights(
   if refine_at is not None:
     _checks.check_non_negative("refine_at", refine_at)
 
-  def zeros_like_selection(indices):
-    return jax.tree.map(lambda i: jnp.zeros(i.shape, jnp.float32), indices)
+  def zeros_like_selection(indices, params):
+    return jax.tree.map(lambda i, p: jnp.zeros(i.shape, _dtype(p)), indices, params)
 
   def init_fn(params):
     indices, active = select_small_weights(params, threshold, max_fraction)
     return RestrictToSmallWeightsState(
-        jnp.zeros([], jnp.int32), indices, active, inner.init(zeros_like_selection(indices)))
+        jnp.zeros([], jnp.int32), indices, active,
+        inner.init(zeros_like_selection(indices, params)))
 
   def refine(state, params):
     indices, active = select_small_weights(params, threshold, max_fraction)
-    fresh = inner.init(zeros_like_selection(indices))
+    fresh = inner.init(zeros_like_selection(indices, params))
     return state._replace(indices=indices, active=active,
                           inner=_restart_buffers(inner, state.inner, fresh))
 
   def penalty(p, index, active):
     if p.ndim != 2 or min(p.shape) <= min_dim:
-      return jnp.zeros(index.shape, jnp.float32)
-    values = jnp.where(active, p.astype(jnp.float32).ravel()[index], 0.0)
-    sparse = jnp.zeros(p.size, jnp.float32).at[index].set(values).reshape(p.shape)
+      return jnp.zeros(index.shape, _dtype(p))
+    values = jnp.where(active, p.astype(_dtype(p)).ravel()[index], 0.0)
+    sparse = jnp.zeros(p.size, _dtype(p)).at[index].set(values).reshape(p.shape)
     return nuclear_weight * nuclear_norm_subgradient(sparse).ravel()[index]
 
   def update_fn(updates, state, params=None):
     if params is None:
       raise ValueError("restrict_to_small_weights needs params")
     if refine_at is not None:
-      state = jax.lax.cond(state.count == refine_at, lambda: refine(state, params),
+      # Both branches in the state's dtypes (an injected hyperparameter may widen a buffer).
+      state = jax.lax.cond(state.count == refine_at,
+                           lambda: optax.tree.cast_like(refine(state, params), state),
                            lambda: state)
     grads = jax.tree.map(
         lambda g, pen, a: jnp.where(a, g + pen, 0.0),
-        _gather(updates, state.indices),
+        _gather(updates, state.indices, params),
         jax.tree.map(penalty, params, state.indices, state.active), state.active)
-    small, inner_state = inner.update(grads, state.inner, _gather(params, state.indices))
+    small, inner_state = inner.update(grads, state.inner,
+                                      _gather(params, state.indices, params))
     small = jax.tree.map(lambda s, a: jnp.where(a, s, 0.0), small, state.active)
     new_updates = jax.tree.map(lambda u, x: x.astype(u.dtype),
                                updates, _scatter(small, state.indices, updates))
