@@ -127,10 +127,6 @@ def test_static_int_errors_name_static_args():
   _checks.check_static_int("rank", None)
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="transforms/low_rank.check_positive_int must call _checks.check_static_int "
-           "(outside this change; see BUILD_NOTES): remove this mark when it does")
 def test_plain_optax_inject_hyperparams_error_names_static_args(regression):
   tx = optax.inject_hyperparams(gradkit.optimizers.galore)(rank=4)
   with pytest.raises(ValueError, match="rank must be an int") as error:

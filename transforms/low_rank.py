@@ -261,10 +261,9 @@ def check_positive_int(name: str, value: int | Callable[..., int] | None) -> Non
   Recipes call it with their own argument names (`update_proj_gap`, ...), so
   the error names what the user passed.
   """
-  if value is None or callable(value):
+  if callable(value):
     return
-  if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-    raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+  _checks.check_static_int(name, value)
 
 
 def check_projection_options(rank: Rank, update_every: Period, side: Side, kind: Kind) -> None:
