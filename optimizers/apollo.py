@@ -31,7 +31,7 @@ import optax
 from gradkit.optimizers._recipe import LabelsOrFn, MaskOrFn, descend, matrix_or_fallback
 from gradkit.registry import register
 from gradkit.transforms.apollo import Granularity, scale_by_apollo
-from gradkit.transforms.low_rank import Rank, check_positive_int
+from gradkit.transforms.low_rank import Period, Rank, Scale, check_positive_int
 from gradkit.transforms.moments import scale_by_adam_eps_before_correction
 
 Projector = Literal["gaussian", "svd"]
@@ -42,7 +42,7 @@ UPDATE_PROJ_GAP = 200  # the projector's default and every recipe's
 def _apollo_recipe(
     learning_rate: optax.ScalarOrSchedule,
     rank: Rank | None,
-    update_proj_gap: int | None,
+    update_proj_gap: Period | None,
     weight_decay: optax.ScalarOrSchedule,
     mask: MaskOrFn,
     param_labels: LabelsOrFn | None,
@@ -64,8 +64,8 @@ def _apollo_recipe(
 def apollo(
     learning_rate: optax.ScalarOrSchedule = 1e-2,
     rank: Rank | None = None,
-    scale: float = 1.0,
-    update_proj_gap: int | None = None,
+    scale: Scale = 1.0,
+    update_proj_gap: Period | None = None,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-6,
@@ -88,10 +88,13 @@ def apollo(
 
   Args:
     learning_rate: step size (float or schedule), shared by both groups. Default 1e-2.
-    rank: projection rank r (static; None means 256), or a function of each
-      matrix's (m, n) view, e.g. `lambda s: min(s) // 4`. Default None.
-    scale: heuristic constant; updates are multiplied by sqrt(scale). Default 1.0.
-    update_proj_gap: projector refresh period T (static; None means 200). Default None.
+    rank: projection rank r (static; None means 256), or a rule of each
+      matrix's (m, n) view, `lambda s: min(s) // 4`, or of (path, shape)
+      for per-layer ranks. Default None.
+    scale: heuristic constant; updates are multiplied by sqrt(scale), or a
+      per-layer rule fn(path, shape) -> scale. Default 1.0.
+    update_proj_gap: projector refresh period T (static int; None means 200),
+      or a per-layer rule fn(path, shape) -> int. Default None.
     b1: first-moment decay rate (both groups). Default 0.9.
     b2: second-moment decay rate (both groups). Default 0.999.
     eps: Adam's eps, added to the uncorrected sqrt(v) (both groups). Default 1e-6.
@@ -118,8 +121,8 @@ def apollo(
 @register("apollo_mini")
 def apollo_mini(
     learning_rate: optax.ScalarOrSchedule = 1e-2,
-    scale: float = 128.0,
-    update_proj_gap: int | None = None,
+    scale: Scale = 128.0,
+    update_proj_gap: Period | None = None,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-6,
@@ -145,8 +148,10 @@ def apollo_mini(
 
   Args:
     learning_rate: step size (float or schedule), shared by both groups. Default 1e-2.
-    scale: heuristic constant; updates are multiplied by sqrt(scale). Default 128.0.
-    update_proj_gap: projector refresh period T (static; None means 200). Default None.
+    scale: heuristic constant; updates are multiplied by sqrt(scale), or a
+      per-layer rule fn(path, shape) -> scale. Default 128.0.
+    update_proj_gap: projector refresh period T (static int; None means 200),
+      or a per-layer rule fn(path, shape) -> int. Default None.
     b1: first-moment decay rate (both groups). Default 0.9.
     b2: second-moment decay rate (both groups). Default 0.999.
     eps: Adam's eps, added to the uncorrected sqrt(v) (both groups). Default 1e-6.
