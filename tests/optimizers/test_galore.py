@@ -80,8 +80,10 @@ def test_square_matrix_matches_optax_contrib_galore_with_swapped_dimensions():
            [[-0.1495458, -0.2410521, -0.1004542], [-0.1879746, -0.270968, -0.0387678],
             [0.0861262, 0.0175352, -0.2735204]])
   for a, b, s in zip(ours, swapped, sheet):
-    np.testing.assert_allclose(a["w"], b["w"], atol=1e-6)
-    np.testing.assert_allclose(a["w"], s, rtol=2e-5, atol=1e-6)
+    # optax computes 1 - b2^t in float32 (1 - 0.999 is 9.99987e-4 there: 6.4e-6
+    # of the step); gradkit's bias corrections avoid that cancellation.
+    np.testing.assert_allclose(a["w"], b["w"], rtol=2e-5, atol=1e-7)
+    np.testing.assert_allclose(a["w"], s, rtol=2e-6, atol=1e-7)
   assert np.max(np.abs(ours[0]["w"] - default[0]["w"])) > 1e-2
 
 
