@@ -37,7 +37,7 @@ from gradkit.transforms import low_rank, newton_schulz
 from gradkit.transforms.matrix_view import as_matrix
 
 MATRIX_METHODS = ("swan", "sinkgd", "scale", "galore", "natural_galore", "apollo",
-                  "apollo_mini", "frugal", "cosmos", "muon")
+                  "apollo_mini", "frugal", "frugal_block", "frugal_coord", "cosmos", "muon")
 SVD_PERIOD = 200
 
 

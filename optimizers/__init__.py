@@ -15,6 +15,7 @@ __getattr__, __dir__, __all__ = _lazy.attach(
         "diffgrad": ["diffgrad"],
         "eight_bit": ["adabelief8bit", "adam8bit", "adamw8bit", "lion8bit", "momentum8bit"],
         "frugal": ["frugal"],
+        "frugal_subsets": ["frugal_block", "frugal_coord"],
         "galore": ["galore", "natural_galore"],
         "large_batch": ["lamb", "lars"],
         "lion": ["lion"],
