@@ -13,10 +13,10 @@ a = `proj_params_lr_scale`, c = `inactive_lr_scale`. This is
 applied with the step, p <- (1 - lr wd) p - lr d: the official order.
 Leaves labelled "embedding", "head" or "vector" get AdamW (PyTorch eps).
 
-Not ported: the coordinate ("coord") type, the `randperm` projector and the
-"block" type (whole tensors active, the official pre-training alias); a
-fixed-shape JAX state would have to hold moments for every tensor, losing
-the block type's memory saving.
+This is the SVD/random type, an ablation in the paper. The paper's
+pre-training FRUGAL (the official `block_adamw`) is `frugal_block` and its
+GLUE fine-tuning FRUGAL (`coord_adamw`) is `frugal_coord`, both in
+`gradkit.optimizers.frugal_subsets`. Not ported: the `randperm` projector.
 """
 
 from __future__ import annotations
