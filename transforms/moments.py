@@ -82,10 +82,10 @@ def _one_minus_power(b: jax.typing.ArrayLike, count: jax.Array, dtype) -> jax.Ar
 
 def _bernoulli_remainder(y: jax.Array) -> jax.Array:
   """(y / expm1(y) - 1 + y / 2) / y^2, by its Taylor series for |y| < 1/2
-  (Bernoulli numbers; truncation below 1e-10), directly beyond."""
+  (Bernoulli numbers B2..B10; truncation below 1e-14 relative), directly beyond."""
   small = jnp.abs(y) < 0.5
   y2 = y * y
-  series = 1 / 12 - y2 / 720 + y2 * y2 / 30240 - y2 * y2 * y2 / 1209600
+  series = 1 / 12 + y2 * (-1 / 720 + y2 * (1 / 30240 + y2 * (-1 / 1209600 + y2 / 47900160)))
   far = jnp.where(small, 1.0, y)
   direct = (far / jnp.expm1(far) - 1 + far / 2) / (far * far)
   return jnp.where(small, series, direct)
