@@ -82,6 +82,24 @@ def recipe(
       check_updates_match_params(), *direction, *_tail(learning_rate, weight_decay, mask))
 
 
+def resolve_labels(param_labels: LabelsOrFn, params: Any, known: Any, method: str) -> Any:
+  """The label tree of `params` (`param_labels` itself, or its value on
+  `params`), with a ValueError naming every label outside `known`.
+
+  Args:
+    param_labels: a label tree, or a callable params -> label tree.
+    params: the parameters.
+    known: the labels `method` has rules for.
+    method: what the error calls the optimizer ("this optimizer", "trp").
+  """
+  labels = param_labels(params) if callable(param_labels) else param_labels
+  unknown = sorted({str(x) for x in jax.tree.leaves(labels)} - set(known))
+  if unknown:
+    raise ValueError(f"param_labels use {unknown}, but {method} only has rules for "
+                     f"{sorted(known)}")
+  return labels
+
+
 def partitioned_recipe(
     branches: Mapping[str, optax.GradientTransformation], param_labels: LabelsOrFn | None = None
 ) -> optax.GradientTransformationExtraArgs:
@@ -96,12 +114,7 @@ def partitioned_recipe(
   param_labels = matrix_labels if param_labels is None else param_labels
 
   def labels_of(params):
-    labels = param_labels(params) if callable(param_labels) else param_labels
-    unknown = sorted({str(x) for x in jax.tree.leaves(labels)} - set(branches))
-    if unknown:
-      raise ValueError(f"param_labels use {unknown}, but this optimizer only has "
-                       f"rules for {sorted(branches)}")
-    return labels
+    return resolve_labels(param_labels, params, branches, "this optimizer")
 
   return optax.chain(check_updates_match_params(), optax.partition(dict(branches), labels_of))
 

@@ -32,7 +32,7 @@ import jax
 import optax
 
 from gradkit import _checks
-from gradkit.optimizers._recipe import LabelsOrFn, MaskOrFn, recipe
+from gradkit.optimizers._recipe import LabelsOrFn, MaskOrFn, recipe, resolve_labels
 from gradkit.optimizers.matrix_labels import matrix_labels
 from gradkit.registry import register
 from gradkit.transforms.matrix_view import check_matrix
@@ -89,11 +89,7 @@ def _selection(param_labels: LabelsOrFn | None):
   labels_fn = trp_labels if param_labels is None else param_labels
 
   def selected(params):
-    labels = labels_fn(params) if callable(labels_fn) else labels_fn
-    unknown = sorted({str(x) for x in jax.tree.leaves(labels)} - set(TRP_LABELS))
-    if unknown:
-      raise ValueError(f"param_labels use {unknown}, but trp only has rules for "
-                       f"{sorted(TRP_LABELS)}")
+    labels = resolve_labels(labels_fn, params, TRP_LABELS, "trp")
     flat, treedef = jax.tree_util.tree_flatten_with_path(params)
     chosen = treedef.flatten_up_to(labels)
     for (path, leaf), label in zip(flat, chosen):
