@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from gradkit.transforms import (
+from gradkit.transforms.fedhyper import (
     estimate_fedhyper_local_lr,
     scale_by_fedhyper_client_lr,
     scale_by_fedhyper_global,
