@@ -20,23 +20,52 @@ gradients (more gradients than parameters, slowly turning full-batch
 gradients) carries rounding errors far above m lambda = 1e-2 and the
 factorisation breaks down (NaN; the reference's LU returns garbage). Then,
 and only then, the step is retried with the damping raised to
-lambda + eps32 * max_i |g_i|^2 (Cholesky's backward-error scale), times
-10 per further failure (at most 6 tries); `state.damping` records the
-value used.
+lambda + eps * max_i |g_i|^2 (Cholesky's backward-error scale, eps of the
+window's dtype), times 10 per further failure (at most 6 tries);
+`state.damping` records the value used.
 
-For the optimizer's own gradient g_j (always in the window) the push-through
-identity F^{-1} G^T = G^T (lambda I + G G^T / m)^{-1} gives
+Products are not formed in the Woodbury form itself. Along the window's
+span F^{-1} shrinks by ~ m / |g|^2, across it F^{-1} = 1 / lambda (1e5 at
+the default damping), and the Woodbury form gets the small in-span part as
+the difference of two O(|x| / lambda) terms, so that part carries an error
+~ eps |x| / lambda: in float32 (m = 16, d = 200) 17% of it for a random
+window and 67% for a nearly collinear one at lambda = 1e-5, 150-700 times it
+at 1e-8. The reference's recursion ends in the same difference
+(`lambd * x - G^T (...)`, also for its own step). Instead x is split as
+x = G^T a + r with a = K^{-1} G x, twice (the second split takes the in-span
+part of the first's rounding): the push-through identity
+F^{-1} G^T = G^T (lambda I + G G^T / m)^{-1} gives F^{-1} G^T a =
+m G^T K^{-1} a with no cancellation, and only the rest r, whose in-span part
+is then ~ eps^2 |x|, goes through Woodbury. The in-span part of F^{-1} x is
+then as accurate as the m x m problem allows, eps cond(K) with
+cond(K) = (m lambda + s_max) / (m lambda + s_min) (s: eigenvalues of
+G G^T), up to the rounding of the result itself; the out-of-span part keeps
+an error ~ eps |x| / lambda, which is what rounding x to the window's dtype
+does to any solve. The optimizer's own gradient g_j (always in the window)
+is the case a = e_j, r = 0: F^{-1} g_j = m G^T K^{-1} e_j, without even that.
 
-  F^{-1} g_j = m G^T K^{-1} e_j,
+Blocks (`block_size`; the reference blocks only its pruner's static
+algorithm, prun.py `HInvFastBlock`, default 128): the flattened vector is
+cut into contiguous blocks of b entries (the last one shorter) and F is block
+diagonal, each block k with its own F_k = lambda_k I + (1/m) G_k^T G_k over
+the same m gradients restricted to the block, its own Gram matrix, factor and
+(raised-on-breakdown) damping.
+A new gradient then costs O(dm + (d / b) m^3) and the state holds
+(d / b) * 2 m^2 floats besides the window. Blocks shorter than m have Gram
+matrices of rank at most b, whose rounding the factorisation meets more
+often (the damping retries above, per block).
 
-which avoids the cancellation of two O(|g| / lambda) terms in the Woodbury
-form (lambda is 1e-5 by default, so that cancellation costs float32 most of
-its digits).
+The reference optimizer's `sparse=True` (weights that are zero at
+construction are dropped from the window and stay zero) is not an option
+here: zeroing those coordinates of the gradient before this transform gives
+the same step (F splits, the dropped coordinates see lambda I and a zero
+gradient), at the memory of the full window.
 
 References:
   E. Frantar, E. Kurtic, D. Alistarh, M-FAC: Efficient Matrix-Free
   Approximations of Second-Order Information, NeurIPS 2021 (official code:
-  IST-DASLab/M-FAC, optim.py, `HInvFastUpMulti`, `MFAC`).
+  IST-DASLab/M-FAC, optim.py, `HInvFastUpMulti`, `MFAC`; prun.py,
+  `HInvFastBlock`).
 """
 
 from __future__ import annotations
@@ -56,24 +85,72 @@ _HIGHEST = jax.lax.Precision.HIGHEST  # the reference disables TF32: K is badly 
 
 
 class PreconditionMfacState(NamedTuple):
-  """State of `precondition_mfac` (d = number of parameters, m = num_grads)."""
+  """State of `precondition_mfac` (d parameters, m = num_grads, n blocks of b entries).
+
+  Without blocks the window is (m, d), the Gram matrix and factor (m, m) and
+  the damping a scalar; with `block_size` they gain a leading block axis:
+  (n, m, b) (the last block zero-padded to b), (n, m, m) and (n,). Arrays are
+  in the params' dtype, float32 at least.
+  """
 
   count: jax.Array  # int32: gradients seen; the next ring-buffer slot is count % m.
-  grads: jax.Array  # (m, d) float32 window G (zero rows until m gradients arrived).
-  gram: jax.Array  # (m, m) float32 G G^T.
-  factor: jax.Array  # (m, m) float32 lower Cholesky factor of K = G G^T + m damping I.
-  damping: jax.Array  # float32 scalar: the lambda in `factor` (raised only on breakdown).
+  grads: jax.Array  # the window G (zero rows until m gradients arrived).
+  gram: jax.Array  # G_k G_k^T per block.
+  factor: jax.Array  # lower Cholesky factor of K_k = G_k G_k^T + m damping_k I per block.
+  damping: jax.Array  # the lambda_k in `factor` (raised only on breakdown).
 
 
-def _as_flat_f32(tree: optax.Updates) -> jax.Array:
-  return ravel_pytree(jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree))[0]
+def _compute_dtype(tree: optax.Params) -> jnp.dtype:
+  return jnp.result_type(jnp.float32, *(jnp.result_type(x) for x in jax.tree.leaves(tree)))
+
+
+def _flatten(tree: optax.Updates, dtype: jnp.dtype):
+  return ravel_pytree(jax.tree.map(lambda x: jnp.asarray(x, dtype), tree))
+
+
+def _layout(d: int, block_size: int | None) -> tuple[int, int]:
+  """(n, b): n blocks of b entries cover the d-vector, the last one zero-padded."""
+  b = d if block_size is None or block_size >= d else block_size
+  return (1 if b == 0 else -(-d // b)), b
+
+
+def _blocks_of(state: PreconditionMfacState) -> tuple[jax.Array, ...]:
+  """The state's arrays with a leading block axis: (n, m, b), (n, m, m), (n, m, m), (n,)."""
+  m = state.gram.shape[-1]
+  n = state.damping.size
+  return (state.grads.reshape(n, m, -1), state.gram.reshape(n, m, m),
+          state.factor.reshape(n, m, m), state.damping.reshape(n))
+
+
+def _split(flat: jax.Array, n: int, b: int) -> jax.Array:
+  return jnp.pad(flat, (0, n * b - flat.size)).reshape(n, b)
+
+
+def _window_times(grads: jax.Array, x: jax.Array) -> jax.Array:
+  """G_k x_k per block: (n, m, b), (n, b) -> (n, m)."""
+  return jnp.einsum("nib,nb->ni", grads, x, precision=_HIGHEST)
+
+
+def _times_window(c: jax.Array, grads: jax.Array) -> jax.Array:
+  """G_k^T c_k per block: (n, m), (n, m, b) -> (n, b)."""
+  return jnp.einsum("ni,nib->nb", c, grads, precision=_HIGHEST)
+
+
+def _solve(factor: jax.Array, rhs: jax.Array) -> jax.Array:
+  """K_k^{-1} rhs_k from the Cholesky factors, one block after the other.
+
+  Not vmapped: XLA:CPU (jaxlib 0.10) splits a batched LAPACK call over its
+  thread pool and waits inside a pool thread, so two such calls in flight on
+  a 2-core machine deadlock (measured: the blocked step hung after 1 step).
+  """
+  return jax.lax.map(lambda fr: jax.scipy.linalg.cho_solve((fr[0], True), fr[1]), (factor, rhs))
 
 
 def _factorize(gram: jax.Array, damping: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(Cholesky factor of gram + m lambda' I, lambda'), lambda' = damping unless it breaks."""
   m = gram.shape[0]
-  eye = jnp.eye(m, dtype=jnp.float32)
-  floor = jnp.finfo(jnp.float32).eps * jnp.max(jnp.diagonal(gram))
+  eye = jnp.eye(m, dtype=gram.dtype)
+  floor = jnp.finfo(gram.dtype).eps * jnp.max(jnp.diagonal(gram))
 
   def retry(carry):
     tries, _, lam = carry
@@ -91,46 +168,65 @@ def _factorize(gram: jax.Array, damping: jax.Array) -> tuple[jax.Array, jax.Arra
 def mfac_inverse_product(state: PreconditionMfacState, vector: optax.Updates) -> optax.Updates:
   """F^{-1} x for the window in `state`, O(dm + m^2); x is a tree like the params.
 
-  Woodbury form lambda^{-1} [x - G^T K^{-1} G x] (module docstring). Along
-  the window's span its two O(|x| / lambda) terms cancel, which costs float32
-  digits when lambda is tiny; the optimizer's own step uses the push-through
-  form instead.
+  Computed blockwise (one block without `block_size`) in the window's dtype
+  as F^{-1} x = m G^T K^{-1} a + lambda^{-1} [r - G^T K^{-1} G r], where
+  x = G^T a + r comes from two splits a_i = K^{-1} G r_{i-1} (module
+  docstring): six products with the window instead of Woodbury's two, and no
+  cancellation of O(|x| / lambda) terms along the window's span. Along the
+  span the result is as accurate as that m x m problem allows (eps times
+  cond(K) = (m lambda + s_max) / (m lambda + s_min), s the eigenvalues of
+  G G^T); across it the rounding of x itself (eps |x| / lambda) remains, as
+  in any solve in that precision.
 
   Args:
     state: a `PreconditionMfacState` holding the gradient window.
     vector: the tree x to multiply, shaped like the params.
 
   Returns:
-    F^{-1} x, a tree like `vector`.
+    F^{-1} x, a tree like `vector` (each leaf in its own dtype).
 
   References:
     Frantar, Kurtic & Alistarh, "M-FAC: Efficient Matrix-Free Approximations of Second-Order
     Information", NeurIPS 2021. https://arxiv.org/abs/2107.03356 ; official code:
     https://github.com/IST-DASLab/M-FAC
   """
-  flat, unravel = ravel_pytree(jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), vector))
-  gx = jnp.matmul(state.grads, flat, precision=_HIGHEST)
-  coef = jax.scipy.linalg.cho_solve((state.factor, True), gx)
-  out = (flat - jnp.matmul(coef, state.grads, precision=_HIGHEST)) / state.damping
+  grads, _, factor, damping = _blocks_of(state)
+  n, m, b = grads.shape
+  flat, unravel = _flatten(vector, grads.dtype)
+  x = _split(flat, n, b)
+  lam = damping[:, None]
+  span, rest = jnp.zeros((n, m), grads.dtype), x
+  for _ in range(2):  # the second split takes the in-span part (~eps |x|) of the first's rounding.
+    a = _solve(factor, _window_times(grads, rest))
+    span, rest = span + a, rest - _times_window(a, grads)
+  coef = m * _solve(factor, span) - _solve(factor, _window_times(grads, rest)) / lam
+  out = (rest / lam + _times_window(coef, grads)).reshape(-1)[: flat.size]
   return jax.tree.map(lambda o, x: o.astype(jnp.asarray(x).dtype), unravel(out), vector)
 
 
 def precondition_mfac(
-    num_grads: int = 1024, damping: jax.typing.ArrayLike = 1e-5
+    num_grads: int = 1024, damping: jax.typing.ArrayLike = 1e-5, block_size: int | None = None
 ) -> optax.GradientTransformation:
   """Multiplies the update by the inverse M-FAC empirical Fisher of its window.
 
   The incoming update g (flattened over the whole tree) replaces the oldest
   row of the window, then u = F^{-1} g with F = damping I + (1/m) G^T G
   (the reference's scaling: 1/m even while fewer than m gradients have
-  arrived, the missing rows being zero). Computed in float32; the output
-  keeps each leaf's dtype. Memory: m * d floats for G plus 2 m^2 for the
-  Gram matrix and the factor (`gradkit.state_nbytes` counts them); m = 1024
-  means 1024 copies of the model.
+  arrived, the missing rows being zero). With `block_size` = b, F is block
+  diagonal over contiguous blocks of b entries of the flattened vector (the
+  last one shorter), one independent M-FAC inverse per block over the same
+  window. Computed in the params' dtype, float32 at least; the output keeps
+  each leaf's dtype. Memory: m * d floats for G (padded to a whole number of
+  blocks) plus 2 m^2 per block for the Gram matrix and the factor
+  (`gradkit.state_nbytes` counts them); m = 1024 means 1024 copies of the
+  model.
 
   Args:
     num_grads: m, the window length (static int >= 1; reference 1024). Default 1024.
     damping: lambda > 0 (reference `damp` = 1e-5). Default 1e-5.
+    block_size: b, the block length (static int >= 1), or None for one block
+      over all parameters (the reference optimizer's dense M-FAC). The
+      reference's blocked M-FAC (its pruner) uses 128. Default None.
 
   Returns:
     An `optax.GradientTransformation` with a `PreconditionMfacState`.
@@ -150,33 +246,46 @@ def precondition_mfac(
   """
   if not isinstance(num_grads, int) or isinstance(num_grads, bool) or num_grads < 1:
     raise ValueError(f"num_grads must be a static int >= 1, got {num_grads!r}")
+  if block_size is not None and (
+      not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1):
+    raise ValueError(f"block_size must be None or a static int >= 1, got {block_size!r}")
   _checks.check_positive("damping", damping)
   m = num_grads
 
   def init_fn(params):
-    d = _as_flat_f32(params).size
-    lam = jnp.asarray(damping, jnp.float32)
+    dtype = _compute_dtype(params)
+    d = _flatten(params, dtype)[0].size
+    n, b = _layout(d, block_size)
+    lead = () if block_size is None else (n,)
+    lam = jnp.asarray(damping, dtype)
     return PreconditionMfacState(
         count=jnp.zeros([], jnp.int32),
-        grads=jnp.zeros((m, d), jnp.float32),
-        gram=jnp.zeros((m, m), jnp.float32),
-        factor=jnp.sqrt(m * lam) * jnp.eye(m, dtype=jnp.float32),
-        damping=lam,
+        grads=jnp.zeros((m, d) if block_size is None else (n, m, b), dtype),
+        gram=jnp.zeros(lead + (m, m), dtype),
+        factor=jnp.broadcast_to(jnp.sqrt(m * lam) * jnp.eye(m, dtype=dtype), lead + (m, m)),
+        damping=jnp.full(lead, lam),
     )
 
   def update_fn(updates, state, params=None):
     del params
-    g = _as_flat_f32(updates)
+    n, _, b = _blocks_of(state)[0].shape
+    flat, unravel = _flatten(updates, state.grads.dtype)
+    g = _split(flat, n, b)
     slot = state.count % m
-    grads = state.grads.at[slot].set(g)
-    row = jnp.matmul(grads, g, precision=_HIGHEST)
-    gram = state.gram.at[slot].set(row).at[:, slot].set(row)
-    factor, lam = _factorize(gram, jnp.asarray(damping, jnp.float32))
-    w = jax.scipy.linalg.cho_solve((factor, True), jax.nn.one_hot(slot, m, dtype=jnp.float32))
-    flat = m * jnp.matmul(w, grads, precision=_HIGHEST)
-    _, unravel = ravel_pytree(jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), updates))
-    out = jax.tree.map(lambda o, x: o.astype(x.dtype), unravel(flat), updates)
-    return out, PreconditionMfacState(optax.safe_increment(state.count), grads, gram, factor, lam)
+    # Rows and columns are set in the stored layout ((m, d) or (n, m, b)): through
+    # the (n, m, b) view XLA copies the whole window once more.
+    window = state.grads.at[..., slot, :].set(g.reshape(state.grads.shape[:-2] + (b,)))
+    grads = window.reshape(n, m, b)
+    row = _window_times(grads, g).reshape(state.gram.shape[:-1])
+    gram = state.gram.at[..., slot, :].set(row).at[..., :, slot].set(row)
+    wanted = jnp.asarray(damping, grads.dtype)
+    factor, lam = jax.lax.map(lambda gram_k: _factorize(gram_k, wanted), gram.reshape(n, m, m))
+    e_slot = jnp.broadcast_to(jax.nn.one_hot(slot, m, dtype=grads.dtype), (n, m))
+    out = (m * _times_window(_solve(factor, e_slot), grads)).reshape(-1)[: flat.size]
+    out = jax.tree.map(lambda o, x: o.astype(x.dtype), unravel(out), updates)
+    return out, PreconditionMfacState(
+        optax.safe_increment(state.count), window, gram, factor.reshape(state.factor.shape),
+        lam.reshape(state.damping.shape))
 
   return optax.GradientTransformation(init_fn, update_fn)
 
@@ -189,6 +298,7 @@ def mfac(
     momentum: jax.typing.ArrayLike = 0.0,
     weight_decay: optax.ScalarOrSchedule = 0.0,
     mask: MaskOrFn = None,
+    block_size: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """M-FAC optimizer (Frantar et al., NeurIPS 2021): p <- p - lr * v.
 
@@ -209,6 +319,11 @@ def mfac(
     momentum: in [0, 1). Default 0.0.
     weight_decay: coupled L2 coefficient (float or schedule). Default 0.0.
     mask: which leaves are decayed (tree or callable); None decays all. Default None (every leaf).
+    block_size: None for one M-FAC inverse over all parameters (the reference
+      optimizer), or a static int b for independent inverses on contiguous
+      blocks of b entries of the flattened parameters (`precondition_mfac`;
+      under `optax.inject_hyperparams` pass it through `static_args`).
+      Default None.
 
   References:
     Frantar, Kurtic & Alistarh, "M-FAC: Efficient Matrix-Free Approximations of Second-Order
@@ -219,7 +334,7 @@ def mfac(
   _checks.check_non_negative("weight_decay", weight_decay)
   return recipe(
       optax.add_decayed_weights(weight_decay, mask),
-      precondition_mfac(1024 if num_grads is None else num_grads, damping),
+      precondition_mfac(1024 if num_grads is None else num_grads, damping, block_size),
       optax.ema(momentum, debias=False),
       learning_rate=learning_rate,
   )
