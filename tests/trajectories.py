@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gradkit.transforms.quantized_state import QuantizedArray, QuantizedState, quantized_view
+
 MASK = {"w": True, "b": False}
 
 
@@ -144,3 +146,15 @@ def run_with_loss(tx, params, obj_fn, steps, **extra):
     params, state = step(params, state)
     out.append(jax.device_get(params))
   return out, state
+
+
+def quantized_leaves(state) -> list:
+  """The `QuantizedArray`s (uint8 codes + absmax) anywhere in an optimizer state."""
+
+  def is_node(x):
+    return isinstance(x, (QuantizedArray, QuantizedState))
+
+  views = [quantized_view(x) if isinstance(x, QuantizedState) else x
+           for x in jax.tree.leaves(state, is_leaf=is_node)]
+  return [x for x in jax.tree.leaves(views, is_leaf=lambda x: isinstance(x, QuantizedArray))
+          if isinstance(x, QuantizedArray)]

@@ -15,8 +15,7 @@ from flax import nnx
 import gradkit
 from gradkit.optimizers.eight_bit import adam8bit, adamw8bit
 from gradkit.registry import get_factory
-from gradkit.transforms.quantized_state import QuantizedArray, QuantizedState, quantized_view
-from trajectories import run_updates_and_state
+from trajectories import quantized_leaves, run_updates_and_state
 
 NAMES_8BIT = ("adam8bit", "adamw8bit", "lion8bit", "momentum8bit", "adabelief8bit")
 FP32_TWIN = {
@@ -34,16 +33,6 @@ GRADS = [jax.tree.map(lambda p: jnp.asarray(RNG.normal(size=p.shape), jnp.float3
 
 def _trajectory(tx, grads=GRADS, params=PARAMS):
   return run_updates_and_state(tx, params, grads)
-
-
-def _quantized_leaves(state):
-  def is_node(x):
-    return isinstance(x, (QuantizedArray, QuantizedState))
-
-  views = [quantized_view(x) if isinstance(x, QuantizedState) else x
-           for x in jax.tree.leaves(state, is_leaf=is_node)]
-  return [x for x in jax.tree.leaves(views, is_leaf=lambda x: isinstance(x, QuantizedArray))
-          if isinstance(x, QuantizedArray)]
 
 
 def test_adam8bit_reproduces_sheet_oracle_3():
@@ -69,7 +58,7 @@ def test_first_step_equals_float32_twin_and_later_steps_stay_close(name):
   twin, kw = FP32_TWIN[name]
   got, state = _trajectory(gradkit.create(name, learning_rate=1e-2, min_size=0))
   want, _ = _trajectory(gradkit.create(twin, learning_rate=1e-2, **kw))
-  assert len(_quantized_leaves(state)) in (2, 4)
+  assert len(quantized_leaves(state)) in (2, 4)
   chex.assert_trees_all_close(got[0], want[0], rtol=0, atol=1e-7)
   moved = jax.tree.map(lambda a, b: np.abs(np.asarray(a) - np.asarray(b)).mean(), want[-1], PARAMS)
   diff = jax.tree.map(lambda a, b: np.abs(np.asarray(a) - np.asarray(b)).mean(), got[-1], want[-1])
@@ -141,7 +130,7 @@ def test_adamw8bit_loss_curve_tracks_adamw_on_a_small_mlp():
   params, loss = _mlp_problem()
   ref, _ = _loss_curve(gradkit.create("adamw", weight_decay=1e-2), params, loss)
   got, state = _loss_curve(gradkit.create("adamw8bit"), params, loss)
-  assert len(_quantized_leaves(state)) == 4
+  assert len(quantized_leaves(state)) == 4
   assert ref[-1] < 0.05 * ref[0]
   np.testing.assert_allclose(got, ref, rtol=0.1)
 
@@ -154,7 +143,7 @@ def test_inject_hyperparams_matches_plain_with_8bit_state(name):
       learning_rate=1e-2, min_size=0)
   want, _ = _trajectory(plain, GRADS[:2])
   got, state = _trajectory(injected_small, GRADS[:2])
-  assert len(_quantized_leaves(state)) == 2 * len(_quantized_leaves(injected.init(PARAMS)))
+  assert len(quantized_leaves(state)) == 2 * len(quantized_leaves(injected.init(PARAMS)))
   chex.assert_trees_all_close(got, want, rtol=1e-4, atol=1e-6)
 
 
@@ -221,7 +210,7 @@ def test_registered_defaults_follow_the_documented_rule(name):
     params = optax.apply_updates(params, u)
     got.append(jax.tree.map(lambda x: np.asarray(x, np.float64), u))
   buffers = 1 if name in ("lion8bit", "momentum8bit") else 2
-  assert len(_quantized_leaves(state)) == buffers  # the weight's only
+  assert len(quantized_leaves(state)) == buffers  # the weight's only
   want = _default_rule_steps(name, PARAMS, grads)
   def largest(a, b):
     return np.max(np.abs(a - b)) / np.max(np.abs(b))

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import gradkit
-from gradkit.transforms.quantized_state import QuantizedArray, QuantizedState, quantized_view
+from trajectories import quantized_leaves
 
 LR, WD, MOMENTUM = 0.1, 0.1, 0.9
 SHAPES = {"small": (8,), "large": (64, 128)}  # 8 and 8192 elements (min_size 4096)
@@ -53,16 +53,6 @@ def _run(tx, params, grads):
   return out, state
 
 
-def _quantized_leaves(state):
-  def is_node(x):
-    return isinstance(x, (QuantizedArray, QuantizedState))
-
-  views = [quantized_view(x) if isinstance(x, QuantizedState) else x
-           for x in jax.tree.leaves(state, is_leaf=is_node)]
-  return [x for x in jax.tree.leaves(views, is_leaf=lambda x: isinstance(x, QuantizedArray))
-          if isinstance(x, QuantizedArray)]
-
-
 def _quantization_bound(buffers, steps, leaf="large"):
   """Largest |p_8bit - p_oracle| after `steps` steps that 8-bit state can cause.
 
@@ -92,7 +82,7 @@ def test_zero_gradient_decay_follows_torch_sgd_coupled_weight_decay():
                                    weight_decay=WD), params, grads)
   want, buffers = _torch_sgd(params, grads)
   assert want[-1]["large"][0, 0] == pytest.approx(-0.058453027, abs=1e-9)
-  assert [q.codes.size for q in _quantized_leaves(state)] == [8192]
+  assert [q.codes.size for q in quantized_leaves(state)] == [8192]
   np.testing.assert_allclose(got[-1]["small"], want[-1]["small"], atol=1e-5, rtol=0)
   bound = _quantization_bound(buffers, steps)
   err = np.max(np.abs(got[-1]["large"] - want[-1]["large"]))
@@ -120,7 +110,7 @@ def test_random_steps_follow_torch_sgd_within_the_8bit_quantization_error():
   got, state = _run(gradkit.create("momentum8bit", learning_rate=LR, momentum=MOMENTUM,
                                    weight_decay=WD), params, grads)
   want, buffers = _torch_sgd(params, grads)
-  assert len(_quantized_leaves(state)) == 1
+  assert len(quantized_leaves(state)) == 1
   np.testing.assert_allclose(got[0]["large"], want[0]["large"], atol=1e-6, rtol=0)
   np.testing.assert_allclose(got[-1]["small"], want[-1]["small"], atol=1e-6, rtol=0)
   bound = _quantization_bound(buffers, steps)
