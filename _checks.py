@@ -38,6 +38,21 @@ def check_positive(name: str, value: Any) -> None:
     raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
 
+def check_static_fraction(name: str, value: Any) -> float:
+  """`value` as a float, or a ValueError unless it is a Python number in [0, 1]
+  (a static option: it sets state shapes, so no array or schedule).
+
+  Args:
+    name: the user's argument name, for the error message.
+    value: the value given.
+  """
+  if not isinstance(value, int | float) or isinstance(value, bool):
+    raise ValueError(f"{name} must be a static number in [0, 1], got {value!r}"
+                     f"{static_option_hint(value)}")
+  check_unit_interval(name, value, closed=True)
+  return float(value)
+
+
 def check_unit_interval(name: str, value: Any, *, closed: bool = False) -> None:
   """Raises ValueError unless 0 <= value < 1 (or <= 1 with `closed`)."""
   v = _concrete(value)

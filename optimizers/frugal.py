@@ -108,10 +108,7 @@ def frugal(
     Training", ICML 2025. https://arxiv.org/abs/2411.07837 ; official code:
     https://github.com/fzmushko/FRUGAL
   """
-  rho = DENSITY if density is None else density
-  if not isinstance(rho, (int, float)) or isinstance(rho, bool):
-    raise ValueError(f"density must be a static number in [0, 1], got {density!r}")
-  _checks.check_unit_interval("density", rho, closed=True)
+  rho = _checks.check_static_fraction("density", DENSITY if density is None else density)
   _checks.check_non_negative("eps", eps)
   check_positive_int("update_gap", update_gap)
   if proj_type not in _KINDS:

@@ -161,10 +161,7 @@ class FrugalCoordinatesState(NamedTuple):
 
 
 def _check_options(density, update_gap, inactive_update_rule, b1, b2, eps, a, c) -> float:
-  rho = DENSITY if density is None else density
-  if not isinstance(rho, (int, float)) or isinstance(rho, bool):
-    raise ValueError(f"density must be a static number in [0, 1], got {density!r}")
-  _checks.check_unit_interval("density", rho, closed=True)
+  rho = _checks.check_static_fraction("density", DENSITY if density is None else density)
   check_positive_int("update_gap", update_gap)
   if inactive_update_rule not in INACTIVE_RULES:
     raise ValueError(
