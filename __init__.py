@@ -15,9 +15,11 @@ __getattr__, __dir__, __all__ = _lazy.attach(
         "hyperparams": ["inject_hyperparams"],
         "memory": ["state_nbytes"],
         "registry": ["create", "names"],
+        "transforms.loss_aware_partition": ["loss_aware", "masked", "multi_transform", "partition"],
     },
     [
         "batch_size",
+        "flax_helpers",
         "implicit",
         "layers",
         "optimizers",

@@ -30,6 +30,9 @@ __getattr__, __dir__, __all__ = _lazy.attach(
             "ScaleByHarpgState", "ScaleByNormalizedIgtState", "scale_by_harpg",
             "scale_by_normalized_igt",
         ],
+        "loss_aware_partition": [
+            "PARAMETER_FUNCTION_ARGS", "loss_aware", "masked", "multi_transform", "partition",
+        ],
         "low_rank": [
             "LowRankProjectorState", "ProjectLowRankState", "make_projector", "project",
             "project_back", "project_low_rank",
