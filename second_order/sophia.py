@@ -49,9 +49,13 @@ def sampled_cross_entropy(
   `where.sum()` when a boolean/0-1 mask `where` of shape (...) marks the
   positions that count (padding excluded), as the paper's B counts tokens.
 
-  Example, inside a jitted Flax NNX train step on inputs `x`:
-    graphdef = nnx.graphdef(model)
-    sampled = sampled_cross_entropy(lambda p: nnx.merge(graphdef, p)(x))
+  Example, inside a jitted Flax NNX train step on inputs `x` (the model's
+  other state, BatchNorm statistics and RNG counts, held fixed as plain
+  arrays; `gradkit.flax_helpers.nnx_param_function(model, lambda m: m(x),
+  mode="current")` builds the same `logits_fn`):
+    graphdef, _, rest = nnx.split(model, nnx.Param, ...)
+    rest = nnx.as_pure(rest)
+    sampled = sampled_cross_entropy(lambda p: nnx.merge(graphdef, p, rest)(x))
     optimizer.update(model, grads, sampled_obj_fn=sampled)
 
   Args:
