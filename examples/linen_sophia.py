@@ -1,13 +1,13 @@
-"""Sophia with a Flax Linen model and `flax.training.train_state.TrainState`.
+"""Sophia with a Flax Linen model and `gradkit.flax_helpers.TrainState`.
 
 Sophia (`gradkit.second_order.sophia`, also `gradkit.create("sophia")`)
 estimates the Hessian diagonal with Hutchinson probes, which needs the loss
 itself: its `update` takes `obj_fn=` (params -> scalar loss of the current
-batch). `TrainState.apply_gradients` calls `tx.update(grads, opt_state,
-params)` and cannot pass it (the script shows the error), so the step calls
-`state.tx.update(grads, state.opt_state, state.params, obj_fn=loss_fn)`
-itself and builds the new state with `state.replace(...)`. Trains a small
-MLP on scikit-learn's digits and prints the training loss and test accuracy.
+batch). Flax's `TrainState.apply_gradients` calls `tx.update(grads,
+opt_state, params)` and cannot pass it (the script shows the error); the
+helper `TrainState`, a subclass, forwards update keywords:
+`state.apply_gradients(grads=grads, obj_fn=loss_fn)`. Trains a small MLP on
+scikit-learn's digits and prints the training loss and test accuracy.
 
   python examples/linen_sophia.py --steps 200
 """
@@ -24,6 +24,7 @@ from flax.training import train_state
 
 import gradkit
 from gradkit.experiments.data import batch_indices, load_digits
+from gradkit.flax_helpers import TrainState
 
 
 class MLP(nn.Module):
@@ -44,10 +45,7 @@ def cross_entropy(state, params, x, y):
 def train_step(state, x, y):
   loss_fn = lambda params: cross_entropy(state, params, x, y)  # noqa: E731
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
-  # What state.apply_gradients(grads=grads) would do, plus obj_fn for Sophia.
-  updates, opt_state = state.tx.update(grads, state.opt_state, state.params, obj_fn=loss_fn)
-  params = optax.apply_updates(state.params, updates)
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), loss
+  return state.apply_gradients(grads=grads, obj_fn=loss_fn), loss
 
 
 @jax.jit
@@ -58,8 +56,11 @@ def evaluate(state, x, y):
 
 
 def apply_gradients_error(state, x, y) -> str:
-  """The error `TrainState.apply_gradients` raises with Sophia (no obj_fn), found
-  by tracing it (`jax.eval_shape` runs nothing)."""
+  """The error flax's `TrainState.apply_gradients` raises with Sophia (no obj_fn),
+  found by tracing it (`jax.eval_shape` runs nothing)."""
+  state = train_state.TrainState.create(apply_fn=state.apply_fn, params=state.params,
+                                        tx=state.tx)
+
   def apply(state):
     grads = jax.grad(lambda p: cross_entropy(state, p, x, y))(state.params)
     return state.apply_gradients(grads=grads)
@@ -78,11 +79,11 @@ def main(steps: int = 200, batch_size: int = 128, seed: int = 0) -> dict:
   # denominator max(gamma h, eps) of the clipped step.
   tx = gradkit.second_order.sophia(learning_rate=3e-3, update_interval=5, gamma=0.05,
                                    weight_decay=1e-4)
-  state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+  state = TrainState.create(apply_fn=model.apply, params=params, tx=tx)
 
   x_train, y_train = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
   error = apply_gradients_error(state, x_train[:8], y_train[:8])
-  print(f"state.apply_gradients fails: {error.splitlines()[0] if error else 'no error'}")
+  print(f"flax's apply_gradients fails: {error.splitlines()[0] if error else 'no error'}")
 
   initial_loss = float(evaluate(state, x_train, y_train)[0])
   for step, rows in enumerate(batch_indices(len(data.y_train), batch_size, steps, seed)):
