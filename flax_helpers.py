@@ -43,7 +43,7 @@ class TrainState(train_state.TrainState):
     >>> state = state.apply_gradients(grads=grads, obj_fn=loss_of_params)
   """
 
-  def apply_gradients(self, *, grads, **kwargs):
+  def apply_gradients(self, *, grads: Any, **kwargs: Any) -> TrainState:
     """Step + 1, new params and opt_state; fields replaced, other kwargs passed to `tx.update`.
 
     Args:
