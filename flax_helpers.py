@@ -37,6 +37,13 @@ class TrainState(train_state.TrainState):
   misspelt field name therefore reaches `tx.update`, which may ignore it.
   `create` and every other method are flax's.
 
+  Args:
+    step: the number of `apply_gradients` calls so far (flax's field).
+    apply_fn: the model's apply function (flax's field).
+    params: the parameters `tx` updates (flax's field).
+    tx: the optax/gradkit transformation (flax's static field).
+    opt_state: `tx`'s state (flax's field).
+
   Example:
     >>> state = TrainState.create(apply_fn=model.apply, params=params,
     ...                           tx=gradkit.create("sophia"))

@@ -30,6 +30,7 @@ MODULES = (
     "gradkit.layers",
     "gradkit.memory",
     "gradkit.registry",
+    "gradkit.flax_helpers",
 )
 
 # Public primitives (beyond the registered optimizers) that implement a
