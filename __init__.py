@@ -13,7 +13,7 @@ __getattr__, __dir__, __all__ = _lazy.attach(
     __name__,
     {
         "hyperparams": ["inject_hyperparams"],
-        "memory": ["state_nbytes"],
+        "memory": ["state_nbytes", "state_nbytes_breakdown"],
         "registry": ["create", "names"],
         "transforms.loss_aware_partition": ["loss_aware", "masked", "multi_transform", "partition"],
     },

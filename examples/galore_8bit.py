@@ -2,15 +2,18 @@
 
 GaLore (`gradkit.create("galore")`) keeps Adam's moments only for a rank-r
 projection of each matrix gradient. Wrapping the whole optimizer,
-`gradkit.transforms.quantized(gradkit.create("galore"))`, saves nothing
-today: `quantized` only stores state leaves shaped exactly like the
-parameters, and GaLore's moments are (m, r) or (r, n) (the script prints
-that this state is as large as the 32-bit one). The honest way is to
-quantize where the moments live: GaLore is
-`gradkit.transforms.project_low_rank(adam)` on "matrix" leaves plus the same
-Adam on the rest, so this script rebuilds it from those public pieces with
-`quantized(adam)` inside the projection (the paper's "8-bit GaLore") and
-for the fallback leaves. Its first step equals `galore`'s exactly (8-bit
+`gradkit.transforms.quantized(gradkit.create("galore"))`, quantizes only
+the state leaves shaped like a parameter: the AdamW fallback moments of a
+head or another non-matrix leaf with >= 4096 elements (embeddings keep
+float32 by `quantized`'s default), not GaLore's (m, r) or (r, n) moments,
+which stay float32. On this MLP that is nothing (its biases are small and
+its kernels all take the GaLore rule), and the script prints
+`gradkit.transforms.quantization_plan`'s reasons. The way to 8-bit
+low-rank moments is to quantize where they live: GaLore is
+`gradkit.transforms.project_low_rank(adam)` on "matrix" leaves plus the
+same Adam on the rest, so this script rebuilds it from those public pieces
+with `quantized(adam)` inside the projection (the paper's "8-bit GaLore")
+and for the fallback leaves. Its first step equals `galore`'s exactly (8-bit
 state only enters from step 2). Trains a 64-256-256-10 MLP on scikit-learn's
 digits with both and prints `gradkit.state_nbytes` of each state.
 
@@ -20,6 +23,8 @@ digits with both and prints `gradkit.state_nbytes` of each state.
 from __future__ import annotations
 
 import argparse
+import collections
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +33,13 @@ import optax
 
 import gradkit
 from gradkit.experiments.data import batch_indices, load_digits
-from gradkit.transforms import project_low_rank, quantized, scale_by_adam_eps_before_correction
+from gradkit.transforms import (
+    NothingQuantizedWarning,
+    project_low_rank,
+    quantization_plan,
+    quantized,
+    scale_by_adam_eps_before_correction,
+)
 
 
 def galore_8bit(
@@ -99,19 +110,24 @@ def main(steps: int = 200, rank: int = 32, batch_size: int = 128, seed: int = 0)
   hparams = dict(learning_rate=3e-3, rank=rank, update_proj_gap=50)
   optimizers = {"galore (32-bit)": gradkit.create("galore", **hparams),
                 "galore_8bit": galore_8bit(**hparams)}
-  wrapped = quantized(gradkit.create("galore", **hparams))
+  galore = gradkit.create("galore", **hparams)
+  with warnings.catch_warnings():  # the plan below says what it would
+    warnings.simplefilter("ignore", NothingQuantizedWarning)
+    wrapped = jax.eval_shape(quantized(galore).init, params)  # shapes alone, nothing allocated
+  plan = quantization_plan(jax.eval_shape(galore.init, params), params)
   result = {"initial_loss": initial_loss,
-            # Sized from shapes alone (nothing allocated).
-            "quantized(galore) bytes": gradkit.state_nbytes(jax.eval_shape(wrapped.init, params))}
+            "quantized(galore) bytes": gradkit.state_nbytes(wrapped),
+            "quantized(galore) plan": collections.Counter(e.decision for e in plan)}
   for name, tx in optimizers.items():
     _, state, loss = train(tx, params, data, steps, batch_size, seed)
     nbytes = gradkit.state_nbytes(state)
     print(f"{name:16s} state {nbytes:8d} bytes   train loss {initial_loss:.4f} -> {loss:.4f}")
     result[name] = {"bytes": nbytes, "loss": loss}
-  wrapped_bytes = result["quantized(galore) bytes"]
-  note = ("nothing quantized: GaLore's moments are not parameter-shaped"
-          if wrapped_bytes >= result["galore (32-bit)"]["bytes"] else "smaller than 32-bit")
-  print(f"quantized(galore) state {wrapped_bytes} bytes ({note})")
+  eight_bit = gradkit.state_nbytes_breakdown(wrapped)["quantized"]
+  plan_counts = sorted(result["quantized(galore) plan"].items())
+  reasons = ", ".join(f"{n} {reason}" for reason, n in plan_counts)
+  print(f"quantized(galore) state {result['quantized(galore) bytes']} bytes, {eight_bit} of them "
+        f"8-bit; its leaves: {reasons} (the low-rank moments are not parameter-shaped)")
   ratio = result["galore_8bit"]["bytes"] / result["galore (32-bit)"]["bytes"]
   print(f"galore_8bit / 32-bit state bytes: {ratio:.3f} (the float32 projectors stay)")
   return result

@@ -59,7 +59,10 @@ __getattr__, __dir__, __all__ = _lazy.attach(
             "scale_by_optimistic_omd",
         ],
         "quantization": ["dequantize_blockwise", "dynamic_map", "quantize_blockwise"],
-        "quantized_state": ["QuantizedArray", "QuantizedState", "quantized", "quantized_view"],
+        "quantized_state": [
+            "NothingQuantizedWarning", "PlanEntry", "QuantizedArray", "QuantizedState",
+            "quantization_plan", "quantized", "quantized_view",
+        ],
         "radial_projection": ["ProjectRadialState", "project_radial"],
         "sara": ["RestrictToSmallWeightsState", "restrict_to_small_weights"],
         "sign_momentum": ["scale_by_sign_momentum"],

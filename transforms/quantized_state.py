@@ -1,14 +1,19 @@
 """8-bit block-wise optimizer state for any optax transformation.
 
-`quantized(inner)` stores the parameter-shaped state of `inner` (Adam's mu and
-nu, momentum's trace, ...) as uint8 codes into the dynamic map plus one
-float32 absmax per block, and runs `inner` itself in float32 (Dettmers et al.,
+`quantized(inner)` stores every floating state leaf of `inner` shaped like a
+parameter (Adam's mu and nu, momentum's trace, ..., wherever they sit: chains,
+`optax.masked`, `optax.partition` branches, `inject_hyperparams`) as uint8
+codes into the dynamic map plus one float32 absmax per block, and runs `inner`
+itself in float32; `quantization_plan` says what happens to each leaf (Dettmers et al.,
 "8-bit Optimizers via Block-wise Quantization", ICLR 2022, arXiv 2110.02861;
 official code bitsandbytes-foundation/bitsandbytes, `optim/optimizer.py`).
 """
 
 from __future__ import annotations
 
+import collections
+import math
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
@@ -45,9 +50,44 @@ class QuantizedState(NamedTuple):
   absmax: tuple[jax.Array, ...]
 
 
+class NothingQuantizedWarning(UserWarning):
+  """`quantized(...).init` found no leaf of the inner state to store in 8 bits.
+
+  Its message counts the kept leaves by reason (see `quantization_plan`).
+  """
+
+
+class PlanEntry(NamedTuple):
+  """What `quantized` does with one leaf of the inner state (see `quantization_plan`)."""
+
+  path: str  # `jax.tree_util.keystr` of the leaf in the inner state
+  shape: tuple[int, ...]
+  dtype: Any
+  decision: str  # QUANTIZED, or the reason the leaf stays as `inner` made it
+  parameter: str | None  # keystr of the parameter the leaf belongs to, when one is known
+
+
+QUANTIZED = "quantized"
+NOT_FLOATING = "not floating"
+NOT_PARAMETER_SHAPED = "not shaped like any parameter"
+BELOW_MIN_SIZE = "below min_size"
+KEEP_FP32 = "keep_fp32"
+AMBIGUOUS = "ambiguous"
+ALREADY_QUANTIZED = "already quantized"  # inside a nested QuantizedState
+
+
+def _is_quantized_state(node: Any) -> bool:
+  return isinstance(node, QuantizedState)
+
+
 def _is_codes(leaf: Any) -> bool:
-  # optax states hold no uint8 arrays, so uint8 marks a quantized leaf.
-  return jnp.result_type(leaf) == jnp.uint8
+  # init rejects inner states holding uint8 arrays, so uint8 marks a quantized leaf.
+  return not _is_quantized_state(leaf) and jnp.result_type(leaf) == jnp.uint8
+
+
+def _flatten_own(inner_state: Any) -> tuple[list, Any]:
+  """(path, leaf) pairs of a `QuantizedState.inner`, nested `QuantizedState`s kept whole."""
+  return jax.tree_util.tree_flatten_with_path(inner_state, is_leaf=_is_quantized_state)
 
 
 def quantized_view(state: QuantizedState) -> optax.OptState:
@@ -59,7 +99,7 @@ def quantized_view(state: QuantizedState) -> optax.OptState:
   Returns:
     The inner state tree, quantized leaves as `QuantizedArray`s.
   """
-  leaves, treedef = jax.tree.flatten(state.inner)
+  leaves, treedef = jax.tree.flatten(state.inner, is_leaf=_is_quantized_state)
   scales = iter(state.absmax)
   return treedef.unflatten(
       [QuantizedArray(x, next(scales)) if _is_codes(x) else x for x in leaves]
@@ -81,17 +121,11 @@ def _keep_flags(keep_fp32: KeepFp32, params_with_path: list, treedef: Any) -> li
 
 
 class _Entry(NamedTuple):
-  """One parameter's leaf of a parameter-shaped state subtree, during `update`."""
+  """One leaf of the inner state during `update`."""
 
-  codes: jax.Array  # uint8 codes, or the float leaf itself when absmax is None
+  codes: Any  # uint8 codes, or the leaf itself when absmax is None
   absmax: jax.Array | None
-  code: np.ndarray  # the dynamic map of this leaf
-
-
-class _Row(NamedTuple):
-  """A parameter-shaped subtree of the inner state (mu, nu, ...), one entry per parameter."""
-
-  entries: list[_Entry]
+  code: np.ndarray | None  # the dynamic map of a quantized leaf
 
 
 def _param_shaped_test(params: Any) -> Callable[[Any], bool]:
@@ -100,11 +134,132 @@ def _param_shaped_test(params: Any) -> Callable[[Any], bool]:
   shapes = [jnp.shape(x) for x in jax.tree.leaves(params)]
 
   def is_param_shaped(node: Any) -> bool:
-    if jax.tree.structure(node) != treedef:
+    if _is_quantized_state(node) or jax.tree.structure(node) != treedef:
       return False
     return [jnp.shape(x) for x in treedef.flatten_up_to(node)] == shapes
 
   return is_param_shaped
+
+
+def _key_name(key: Any) -> Any:
+  """A path entry as a plain dict key / attribute name / index, to compare path tails."""
+  for attr in ("key", "name", "idx"):
+    if hasattr(key, attr):
+      return getattr(key, attr)
+  return key
+
+
+def _dtype(leaf: Any) -> Any:
+  return leaf.dtype if hasattr(leaf, "dtype") else jnp.result_type(leaf)
+
+
+def _plan(state: Any, params: Any, min_size: int, keep_fp32: KeepFp32) -> list[PlanEntry]:
+  """One `PlanEntry` per leaf of `state`, in `jax.tree.leaves` order."""
+  params_with_path, param_def = jax.tree_util.tree_flatten_with_path(params)
+  keep = _keep_flags(keep_fp32, params_with_path, param_def)
+  names = [jax.tree_util.keystr(path) for path, _ in params_with_path]
+  tails = [tuple(_key_name(k) for k in path) for path, _ in params_with_path]
+  by_shape = collections.defaultdict(list)
+  for k, (_, param) in enumerate(params_with_path):
+    by_shape[tuple(jnp.shape(param))].append(k)
+  is_param_shaped = _param_shaped_test(params)
+
+  def associate(path: tuple[Any, ...], candidates: list[int]) -> tuple[str | None, bool | None]:
+    """(parameter name, keep flag) of a leaf outside a params-structured subtree."""
+    keys = tuple(_key_name(k) for k in path)
+    suffixes = [k for k in candidates
+                if len(tails[k]) <= len(keys) and keys[len(keys) - len(tails[k]):] == tails[k]]
+    if suffixes:
+      k = max(suffixes, key=lambda k: len(tails[k]))
+      return names[k], keep[k]
+    if len(candidates) == 1:
+      return names[candidates[0]], keep[candidates[0]]
+    flags = {keep[k] for k in candidates}
+    return None, flags.pop() if len(flags) == 1 else None
+
+  def decide(path: tuple[Any, ...], leaf: Any, k: int | None) -> PlanEntry:
+    shape, dtype = tuple(jnp.shape(leaf)), _dtype(leaf)
+    entry = PlanEntry(jax.tree_util.keystr(path), shape, dtype, QUANTIZED, None)
+    if not jnp.issubdtype(dtype, jnp.floating):
+      return entry._replace(decision=NOT_FLOATING)
+    candidates = by_shape.get(shape, [])
+    if not candidates:
+      return entry._replace(decision=NOT_PARAMETER_SHAPED)
+    # Inside a subtree structured like params the parameter is known exactly.
+    name, kept = (names[k], keep[k]) if k is not None else associate(path, candidates)
+    entry = entry._replace(parameter=name)
+    if math.prod(shape) < min_size:
+      return entry._replace(decision=BELOW_MIN_SIZE)
+    if kept is None:
+      return entry._replace(decision=AMBIGUOUS)
+    return entry._replace(decision=KEEP_FP32) if kept else entry
+
+  is_node = lambda n: _is_quantized_state(n) or is_param_shaped(n)  # noqa: E731
+  plan = []
+  for prefix, node in jax.tree_util.tree_flatten_with_path(state, is_leaf=is_node)[0]:
+    if _is_quantized_state(node):
+      for path, leaf in jax.tree_util.tree_flatten_with_path(node)[0]:
+        entry = PlanEntry(jax.tree_util.keystr(prefix + path), tuple(jnp.shape(leaf)),
+                          _dtype(leaf), ALREADY_QUANTIZED, None)
+        plan.append(entry)
+    elif is_param_shaped(node):
+      for k, (path, leaf) in enumerate(jax.tree_util.tree_flatten_with_path(node)[0]):
+        plan.append(decide(prefix + path, leaf, k))
+    else:
+      plan.append(decide(prefix, node, None))
+  return plan
+
+
+def quantization_plan(
+    state: Any,
+    params: Any,
+    *,
+    min_size: int = 4096,
+    keep_fp32: KeepFp32 = None,
+) -> list[PlanEntry]:
+  """What `quantized(inner, min_size=..., keep_fp32=...)` does with each leaf of `inner`'s state.
+
+  `quantized`'s init runs this on `inner.init(params)`. A leaf is quantized
+  when it is floating, has the shape of some parameter, has >= `min_size`
+  elements, and its parameter is not kept float32 by `keep_fp32`. The
+  parameter of a leaf is known exactly inside a subtree with the structure of
+  `params` (optax's mu, nu, trace); elsewhere (`optax.masked` states holding
+  `MaskedNode`s, `optax.partition` branches) it is the same-shaped parameter
+  whose key path ends the leaf's path (dict keys, attribute names and indices
+  compared), else the only parameter of that shape; with several and no path
+  match, the leaf is quantized or kept when their `keep_fp32` flags agree,
+  and kept as "ambiguous" otherwise.
+
+  A shape match is all it takes: a leaf of a parameter's shape that is not a
+  moment (a full-rank projector, a copy of the parameters) is quantized too.
+
+  Args:
+    state: `inner`'s state, or its `jax.eval_shape(inner.init, params)`.
+    params: the parameters (arrays or `jax.ShapeDtypeStruct`s).
+    min_size: as in `quantized`. Default 4096.
+    keep_fp32: as in `quantized`. Default None (parameters whose path
+      mentions "embedding").
+
+  Returns:
+    One `PlanEntry(path, shape, dtype, decision, parameter)` per leaf of
+    `state`, in `jax.tree.leaves` order. `decision` is "quantized" or why the
+    leaf is kept: "not floating", "not shaped like any parameter", "below
+    min_size", "keep_fp32", "ambiguous" (same-shaped parameters disagree on
+    `keep_fp32`) or "already quantized" (inside a nested `QuantizedState`).
+  """
+  return _plan(state, params, min_size, keep_fp32)
+
+
+def _nothing_quantized_message(plan: list[PlanEntry], min_size: int) -> str:
+  counts = collections.Counter(entry.decision for entry in plan)
+  kept = ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items()))
+  return (
+      f"quantized: no leaf of the inner state is stored in 8 bits ({len(plan)} leaves kept"
+      f"{': ' + kept if kept else ''}; min_size={min_size}). Only floating leaves shaped "
+      "like a parameter are quantized (factored or low-rank state is not): lower min_size "
+      "for small parameters, wrap the transformation that holds parameter-shaped moments, "
+      "or see gradkit.transforms.quantization_plan."
+  )
 
 
 def _chunk_blocks(num_blocks: int, block_size: int, chunk_size: int) -> int:
@@ -124,15 +279,21 @@ def quantized(
 ) -> optax.GradientTransformationExtraArgs:
   """Stores `inner`'s parameter-shaped float state in 8 bits, block-wise.
 
-  At init, every floating leaf of `inner.init(params)` that sits in a subtree
-  with the structure of `params` and has its parameter's shape (mu, nu,
-  trace, ...) is quantized when the parameter has >= `min_size` elements and
-  is not kept in float32 by `keep_fp32`. Such a leaf is replaced by its uint8
-  codes (the leaf's shape), and its float32 absmax, of shape
-  `(ceil(n / block_size),)` over the row-major flattening (the official
-  layout; the last block may be short), goes to `QuantizedState.absmax`;
-  `quantized_view(state)` shows them together. Other leaves (counts, small
-  parameters' moments) stay as `inner` made them.
+  At init, every floating leaf of `inner.init(params)` whose shape is that of
+  some parameter is quantized, wherever it sits (optax's mu, nu and trace in
+  a chain, the moments of an `optax.masked` or `optax.partition` branch, under
+  `inject_hyperparams`, the AdamW fallback of gradkit's matrix family), when
+  it has >= `min_size` elements and its parameter is not kept in float32 by
+  `keep_fp32`; `quantization_plan` gives the decision and its reason for each
+  leaf, and how a leaf outside a params-structured subtree finds its
+  parameter. Such a leaf is replaced by its uint8 codes (the leaf's shape),
+  and its float32 absmax, of shape `(ceil(n / block_size),)` over the
+  row-major flattening (the official layout; the last block may be short),
+  goes to `QuantizedState.absmax`; `quantized_view(state)` shows them
+  together. Other leaves (counts, small parameters' moments, factored or
+  low-rank state such as GaLore's (r, n) moments) stay as `inner` made them;
+  an init that quantizes nothing warns (`NothingQuantizedWarning`).
+  `gradkit.state_nbytes_breakdown` splits the bytes of the result.
 
   Signedness: a leaf whose state path contains a NamedTuple field named in
   `unsigned_fields` (default `("nu",)`: optax's Adam/belief second moments,
@@ -149,17 +310,21 @@ def quantized(
   state; the returned updates are `inner`'s float32 output (never recomputed
   from dequantized state), cast to each gradient's dtype. So step 1 equals
   the float32 optimizer exactly and quantization error enters from step 2.
+  uint8 marks the quantized leaves, so an inner state holding uint8 arrays
+  is rejected at init (a nested `quantized`'s state is left to it).
 
   `elementwise=True` declares that `inner` updates each element from that
   element's gradient, state and parameter alone, plus scalar state such as a
   step count (Adam, Lion, momentum, AdaBelief; not a method with a norm or a
-  matrix product). On the CPU backend the new state of each quantized
-  parameter whose size is a multiple of `block_size` is then recomputed and
-  requantized in chunks of whole blocks (about `chunk_size` elements) inside
-  a `lax.scan`, while the updates come from the usual whole-tree pass (whose
-  float32 state XLA then fuses away): XLA:CPU otherwise materializes every
-  dequantized and new moment to take the per-block absmax. Same formula;
-  the two paths agree to float32 rounding.
+  matrix product). On the CPU backend, when every quantized leaf lies in a
+  subtree structured like the parameters (a plain chain of such directions),
+  the new state of each quantized parameter whose size is a multiple of
+  `block_size` is then recomputed and requantized in chunks of whole blocks
+  (about `chunk_size` elements) inside a `lax.scan`, while the updates come
+  from the usual whole-tree pass (whose float32 state XLA then fuses away):
+  XLA:CPU otherwise materializes every dequantized and new moment to take
+  the per-block absmax. Same formula; the two paths agree to float32
+  rounding.
 
   Non-finite gradients: there is no element-wise guard like the CUDA kernel's
   (which zeroes the state of non-finite entries); one NaN poisons its block's
@@ -208,40 +373,26 @@ def quantized(
     )
     return _UNSIGNED_MAP if unsigned else _SIGNED_MAP
 
-  def quantize_marked(marked: Any, state: Any) -> tuple[Any, tuple[jax.Array, ...]]:
-    """Quantizes the leaves of `state` that are uint8 placeholders in `marked`."""
-    marked_leaves, treedef = jax.tree_util.tree_flatten_with_path(marked)
+  def init_fn(params):
+    state = inner.init(params)
+    plan = _plan(state, params, min_size, keep_fp32)
+    leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(state)
     leaves, scales = [], []
-    for (path, mark), x in zip(marked_leaves, treedef.flatten_up_to(state)):
-      if _is_codes(mark):
+    for (path, x), entry in zip(leaves_with_path, plan):
+      if entry.decision == QUANTIZED:
         codes, absmax = quantize_blockwise(x, code_for(path), block_size)
         leaves.append(codes)
         scales.append(absmax)
-      else:
-        leaves.append(x)
-    return treedef.unflatten(leaves), tuple(scales)
-
-  def init_fn(params):
-    state = inner.init(params)
-    params_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
-    keep = _keep_flags(keep_fp32, params_with_path, treedef)
-    is_param_shaped = _param_shaped_test(params)
-
-    def convert(node: Any) -> Any:
-      if not is_param_shaped(node):
-        return node
-      leaves = []
-      for leaf, kept in zip(treedef.flatten_up_to(node), keep):
-        eligible = (
-            not kept and jnp.size(leaf) >= min_size
-            and jnp.issubdtype(jnp.result_type(leaf), jnp.floating)
-        )
-        # A uint8 placeholder marks the leaf; `quantize_marked` fills codes and scales.
-        leaves.append(jnp.zeros(jnp.shape(leaf), jnp.uint8) if eligible else leaf)
-      return treedef.unflatten(leaves)
-
-    marked = jax.tree.map(convert, state, is_leaf=is_param_shaped)
-    return QuantizedState(*quantize_marked(marked, state))
+        continue
+      if entry.decision != ALREADY_QUANTIZED and jnp.issubdtype(entry.dtype, jnp.uint8):
+        raise ValueError(
+            f"quantized: inner's state holds a uint8 leaf at {entry.path}; uint8 marks "
+            "quantized's own codes, so such a state cannot be wrapped")
+      leaves.append(x)
+    if not scales:
+      warnings.warn(_nothing_quantized_message(plan, min_size), NothingQuantizedWarning,
+                    stacklevel=2)
+    return QuantizedState(treedef.unflatten(leaves), tuple(scales))
 
   def restore(entry: _Entry) -> Any:
     if entry.absmax is None:
@@ -249,80 +400,86 @@ def quantized(
     return dequantize_blockwise(
         entry.codes, entry.absmax, entry.code, entry.codes.shape, jnp.float32, block_size)
 
-  def chunked_requantize(k: int, rows: list[_Row], node_def: Any, nodes: list[Any], grad: Any,
-                         param: Any, extra_args: dict[str, Any]) -> list[tuple[Any, Any]]:
+  def chunked_requantize(k: int, rows: list[list[_Entry]], node_def: Any, nodes: list[Any],
+                         is_row: list[bool], grad: Any, param: Any,
+                         extra_args: dict[str, Any]) -> list[tuple[Any, Any]]:
     """Parameter `k`'s new (codes, absmax) per state row, from `inner` run chunk by chunk."""
     num_blocks = grad.size // block_size
     chunk_blocks = _chunk_blocks(num_blocks, block_size, chunk_size)
     num_chunks = num_blocks // chunk_blocks
     split = lambda x: x.reshape(num_chunks, chunk_blocks, block_size)  # noqa: E731
-    states = [(split(row.entries[k].codes), row.entries[k].absmax.reshape(num_chunks, -1))
-              for row in rows]
-    maps = [row.entries[k].code for row in rows]
+    states = [(split(row[k].codes), row[k].absmax.reshape(num_chunks, -1)) for row in rows]
+    maps = [row[k].code for row in rows]
 
     def body(carry, chunk):
       grad_c, param_c, states_c = chunk
       restored = iter([restore(_Entry(*c, code)) for c, code in zip(states_c, maps)])
-      state_c = node_def.unflatten([next(restored) if isinstance(n, _Row) else n for n in nodes])
+      state_c = node_def.unflatten(
+          [next(restored) if row else n for n, row in zip(nodes, is_row)])
       _, new_state_c = inner.update(grad_c, state_c, param_c, **extra_args)
-      new_rows = [x for x, n in zip(node_def.flatten_up_to(new_state_c), nodes)
-                  if isinstance(n, _Row)]
+      new_rows = [x for x, row in zip(node_def.flatten_up_to(new_state_c), is_row) if row]
       return carry, [quantize_blockwise(x, code, block_size) for x, code in zip(new_rows, maps)]
 
     chunks = (split(grad), None if param is None else split(param), states)
     return [(codes.reshape(grad.shape), absmax.reshape(-1))
             for codes, absmax in jax.lax.scan(body, None, chunks)[1]]
 
-  def update_fn(updates, state, params=None, **extra_args):
+  def chunked_path(updates, entries, state, params, extra_args) -> dict[int, tuple[Any, Any]]:
+    """New (codes, absmax) by leaf index, for the leaves the chunked path requantizes.
+
+    It runs `inner` on one parameter's chunk at a time in place of each
+    subtree structured like the parameters (a row), so it applies only when
+    every quantized leaf sits in such a row.
+    """
     grads, param_def = jax.tree.flatten(updates)
-    param_leaves = None if params is None else param_def.flatten_up_to(params)
     is_param_shaped = _param_shaped_test(updates)
-    nodes, node_def = jax.tree.flatten(state.inner, is_leaf=is_param_shaped)
-    paths = iter(path for path, _ in jax.tree_util.tree_flatten_with_path(state.inner)[0])
+    nodes, node_def = jax.tree.flatten(
+        state.inner, is_leaf=lambda n: _is_quantized_state(n) or is_param_shaped(n))
+    is_row = [is_param_shaped(n) for n in nodes]
+    rows, row_indices, offset = [], [], 0
+    for row in is_row:
+      width = len(grads) if row else 1
+      if row:
+        row_indices.append(range(offset, offset + width))
+        rows.append(entries[offset:offset + width])
+      elif entries[offset].absmax is not None:
+        return {}
+      offset += width
+    if not rows:
+      return {}
+    param_leaves = None if params is None else param_def.flatten_up_to(params)
+    requantized = {}
+    for k, grad in enumerate(grads):
+      num_blocks, rem = divmod(grad.size, block_size)
+      if rem == 0 and all(row[k].absmax is not None for row in rows) and (
+          num_blocks // _chunk_blocks(num_blocks, block_size, chunk_size) >= 2):
+        new = chunked_requantize(k, rows, node_def, nodes, is_row, grad,
+                                 None if params is None else param_leaves[k], extra_args)
+        requantized.update({indices[k]: pair for indices, pair in zip(row_indices, new)})
+    return requantized
+
+  def update_fn(updates, state, params=None, **extra_args):
+    leaves_with_path, treedef = _flatten_own(state.inner)
     scales = iter(state.absmax)
-    for j, node in enumerate(nodes):
-      if is_param_shaped(node):
-        nodes[j] = _Row([
-            _Entry(x, next(scales) if _is_codes(x) else None, code_for(next(paths)))
-            for x in param_def.flatten_up_to(node)
-        ])
-      else:
-        next(paths)
-    rows = [n for n in nodes if isinstance(n, _Row)]
+    entries = [_Entry(x, next(scales), code_for(path)) if _is_codes(x) else _Entry(x, None, None)
+               for path, x in leaves_with_path]
     # The updates come from one pass over the whole tree (its float32 state is
     # fused away); on the chunked path the new state comes from the scan.
-    full_state = node_def.unflatten([
-        param_def.unflatten([restore(e) for e in n.entries]) if isinstance(n, _Row) else n
-        for n in nodes
-    ])
+    full_state = treedef.unflatten([restore(e) for e in entries])
     new_updates, new_inner = inner.update(updates, full_state, params, **extra_args)
     requantized = {}
-    if elementwise and rows and jax.default_backend() == "cpu":
-      for k, grad in enumerate(grads):
-        num_blocks, rem = divmod(grad.size, block_size)
-        if rem == 0 and all(row.entries[k].absmax is not None for row in rows) and (
-            num_blocks // _chunk_blocks(num_blocks, block_size, chunk_size) >= 2):
-          requantized[k] = chunked_requantize(
-              k, rows, node_def, nodes, grad, None if params is None else param_leaves[k],
-              extra_args)
-
-    new_nodes, new_scales, row_index = [], [], 0
-    for node, new in zip(nodes, node_def.flatten_up_to(new_inner)):
-      if not isinstance(node, _Row):
-        new_nodes.append(new)
+    if elementwise and jax.default_backend() == "cpu":
+      requantized = chunked_path(updates, entries, state, params, extra_args)
+    new_leaves, new_scales = [], []
+    for i, (entry, x) in enumerate(zip(entries, treedef.flatten_up_to(new_inner))):
+      if entry.absmax is None:
+        new_leaves.append(x)
         continue
-      leaves = []
-      for k, (entry, x) in enumerate(zip(node.entries, param_def.flatten_up_to(new))):
-        if entry.absmax is None:
-          leaves.append(x)
-          continue
-        codes, absmax = (requantized[k][row_index] if k in requantized
-                         else quantize_blockwise(x, entry.code, block_size))
-        leaves.append(codes)
-        new_scales.append(absmax)
-      new_nodes.append(param_def.unflatten(leaves))
-      row_index += 1
+      codes, absmax = requantized[i] if i in requantized else quantize_blockwise(
+          x, entry.code, block_size)
+      new_leaves.append(codes)
+      new_scales.append(absmax)
     new_updates = jax.tree.map(lambda u, g: u.astype(jnp.result_type(g)), new_updates, updates)
-    return new_updates, QuantizedState(node_def.unflatten(new_nodes), tuple(new_scales))
+    return new_updates, QuantizedState(treedef.unflatten(new_leaves), tuple(new_scales))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
