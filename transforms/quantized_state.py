@@ -292,7 +292,8 @@ def quantized(
   goes to `QuantizedState.absmax`; `quantized_view(state)` shows them
   together. Other leaves (counts, small parameters' moments, factored or
   low-rank state such as GaLore's (r, n) moments) stay as `inner` made them;
-  an init that quantizes nothing warns (`NothingQuantizedWarning`).
+  an init that quantizes nothing warns (`NothingQuantizedWarning`), unless
+  `params` has no leaves (an `optax.partition` branch that got none).
   `gradkit.state_nbytes_breakdown` splits the bytes of the result.
 
   Signedness: a leaf whose state path contains a NamedTuple field named in
@@ -389,7 +390,7 @@ def quantized(
             f"quantized: inner's state holds a uint8 leaf at {entry.path}; uint8 marks "
             "quantized's own codes, so such a state cannot be wrapped")
       leaves.append(x)
-    if not scales:
+    if not scales and jax.tree.leaves(params):  # not for a partition branch with no leaves
       warnings.warn(_nothing_quantized_message(plan, min_size), NothingQuantizedWarning,
                     stacklevel=2)
     return QuantizedState(treedef.unflatten(leaves), tuple(scales))

@@ -222,6 +222,8 @@ def test_init_warns_when_nothing_is_quantized():
     warnings.simplefilter("error", NothingQuantizedWarning)
     jax.eval_shape(quantized(optax.adam(1e-3)).init, PARAMS)
     jax.eval_shape(quantized(optax.adam(1e-3), min_size=0).init, tiny)
+    # A partition branch that got no leaves has nothing to report.
+    jax.eval_shape(quantized(optax.adam(1e-3)).init, {"w": optax.MaskedNode()})
 
 
 def test_partitioned_muon_update_keeps_its_8bit_leaves_and_equals_step_one():
