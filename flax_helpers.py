@@ -37,7 +37,7 @@ class TrainState(train_state.TrainState):
   misspelt field name therefore reaches `tx.update`, which may ignore it.
   `create` and every other method are flax's.
 
-  Args:
+  Attributes:
     step: the number of `apply_gradients` calls so far (flax's field).
     apply_fn: the model's apply function (flax's field).
     params: the parameters `tx` updates (flax's field).

@@ -10,6 +10,7 @@ must cite the paper in a `References:` section with its arXiv link.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import re
@@ -187,6 +188,8 @@ def test_summary_and_args(key, name, obj):
   if not params:
     return
   body = _section(doc, "Args")
+  if body is None and inspect.isclass(obj) and dataclasses.is_dataclass(obj):
+    body = _section(doc, "Attributes")  # a dataclass documents its fields as attributes
   assert body is not None, f"{key}: no 'Args:' section"
   entries = _arg_entries(body)
   missing = [p.name for p in params if p.name not in entries]

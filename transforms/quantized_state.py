@@ -34,7 +34,7 @@ class QuantizedArray(NamedTuple):
   """A readable view of one 8-bit state tensor (see `quantized_view`)."""
 
   codes: jax.Array  # uint8, the leaf's shape
-  absmax: jax.Array  # float32, one per block
+  absmax: jax.Array  # float32 (float64 for a float64 state), one per block
 
 
 class QuantizedState(NamedTuple):
@@ -287,8 +287,8 @@ def quantized(
   `keep_fp32`; `quantization_plan` gives the decision and its reason for each
   leaf, and how a leaf outside a params-structured subtree finds its
   parameter. Such a leaf is replaced by its uint8 codes (the leaf's shape),
-  and its float32 absmax, of shape `(ceil(n / block_size),)` over the
-  row-major flattening (the official layout; the last block may be short),
+  and its absmax (float32; float64 for a float64 state), of shape
+  `(ceil(n / block_size),)` over the row-major flattening (the official layout; the last block may be short),
   goes to `QuantizedState.absmax`; `quantized_view(state)` shows them
   together. Other leaves (counts, small parameters' moments, factored or
   low-rank state such as GaLore's (r, n) moments) stay as `inner` made them;
@@ -307,7 +307,7 @@ def quantized(
   `embedding`), as bitsandbytes does for StableEmbedding; or a callable
   `(path, param) -> bool`; or a tree of bools with the structure of `params`.
 
-  update: dequantizes to float32, runs `inner.update`, and requantizes the new
+  update: dequantizes to float32 (float64 for a float64 state), runs `inner.update`, and requantizes the new
   state; the returned updates are `inner`'s float32 output (never recomputed
   from dequantized state), cast to each gradient's dtype. So step 1 equals
   the float32 optimizer exactly and quantization error enters from step 2.
@@ -383,7 +383,9 @@ def quantized(
       if entry.decision == QUANTIZED:
         codes, absmax = quantize_blockwise(x, code_for(path), block_size)
         leaves.append(codes)
-        scales.append(absmax)
+        # The scales keep the state's precision (float32 at least): a float64
+        # state is restored in float64, so `inner` sees its own dtypes.
+        scales.append(absmax.astype(jnp.promote_types(entry.dtype, jnp.float32)))
         continue
       if entry.decision != ALREADY_QUANTIZED and jnp.issubdtype(entry.dtype, jnp.uint8):
         raise ValueError(
@@ -399,7 +401,7 @@ def quantized(
     if entry.absmax is None:
       return entry.codes
     return dequantize_blockwise(
-        entry.codes, entry.absmax, entry.code, entry.codes.shape, jnp.float32, block_size)
+        entry.codes, entry.absmax, entry.code, entry.codes.shape, entry.absmax.dtype, block_size)
 
   def chunked_requantize(k: int, rows: list[list[_Entry]], node_def: Any, nodes: list[Any],
                          is_row: list[bool], grad: Any, param: Any,
@@ -479,7 +481,7 @@ def quantized(
       codes, absmax = requantized[i] if i in requantized else quantize_blockwise(
           x, entry.code, block_size)
       new_leaves.append(codes)
-      new_scales.append(absmax)
+      new_scales.append(absmax.astype(entry.absmax.dtype))
     new_updates = jax.tree.map(lambda u, g: u.astype(jnp.result_type(g)), new_updates, updates)
     return new_updates, QuantizedState(treedef.unflatten(new_leaves), tuple(new_scales))
 
