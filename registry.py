@@ -124,7 +124,11 @@ def register(name: str, *, replace: bool = False) -> Callable[[Factory], Factory
       instead of raising. Default False.
 
   Returns:
-    The decorator; it registers the factory and returns it unchanged.
+    The decorator; it registers the factory and returns it unchanged, except
+    that gradkit's own factories (defined in a `gradkit.` module) are wrapped
+    so that their optimizer leaves integer, bool and float0 leaves alone
+    (`gradkit.transforms.float_leaves.float_leaves_only`; same signature
+    and docstring).
 
   Raises:
     ValueError: `name` is empty or starts with "optax.".
@@ -155,10 +159,26 @@ def register(name: str, *, replace: bool = False) -> Callable[[Factory], Factory
           f"optimizer name {name!r} is already registered (by {where}; names are "
           f"case-insensitive); use register({key!r}, replace=True) to replace it, "
           f"gradkit.registry.unregister({key!r}) to free it, or another name")
+    if getattr(factory, "__module__", "").startswith("gradkit."):
+      factory = _leaving_non_float_leaves_alone(factory)
     _FACTORIES[key] = factory
     return factory
 
   return decorator
+
+
+def _leaving_non_float_leaves_alone(factory: Factory) -> Factory:
+  """gradkit's own factory, its optimizer wrapped in `float_leaves_only` (same signature)."""
+  if getattr(factory, "_gradkit_float_leaves_only", False):
+    return factory
+
+  @functools.wraps(factory)
+  def build(*args: Any, **kwargs: Any) -> optax.GradientTransformation:
+    from gradkit.transforms import float_leaves_only  # noqa: PLC0415
+    return float_leaves_only(factory(*args, **kwargs))
+
+  build._gradkit_float_leaves_only = True
+  return build
 
 
 def unregister(name: str) -> Factory:

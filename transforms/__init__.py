@@ -23,6 +23,7 @@ __getattr__, __dir__, __all__ = _lazy.attach(
             "ScaleByFedHyperGlobalState", "estimate_fedhyper_local_lr",
             "scale_by_fedhyper_client_lr", "scale_by_fedhyper_global",
         ],
+        "float_leaves": ["float_leaves_only"],
         "friction": ["ScaleByFrictionState", "scale_by_friction"],
         "gsnr_scaling": ["scale_by_gsnr_at_init"],
         "hypergradient": ["ScaleByHypergradientLrState", "scale_by_hypergradient_lr"],
