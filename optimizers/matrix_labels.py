@@ -50,6 +50,8 @@ from typing import Any
 
 import jax
 
+from gradkit.transforms.tree_checks import path_entry_key
+
 LABELS = ("matrix", "embedding", "head", "vector")
 _HEAD_NAMES = ("classifier", "logits", "unembed", "readout", "output_layer")
 _TOP_LEVEL_HEAD_NAMES = ("output", "out")
@@ -62,19 +64,12 @@ class HeadNotFoundWarning(UserWarning):
   """`matrix_labels` found no output head in a tree with two or more matrices."""
 
 
-def _raw_key(entry: Any) -> Any:
-  for attr in ("key", "name", "idx"):
-    if hasattr(entry, attr):
-      return getattr(entry, attr)
-  return entry
-
-
 def _key_name(entry: Any) -> str:
-  return str(_raw_key(entry)).lower()
+  return str(path_entry_key(entry)).lower()
 
 
 def _top_level_key(path: tuple[Any, ...]) -> str | None:
-  keys = [str(_raw_key(entry)) for entry in path]
+  keys = [str(path_entry_key(entry)) for entry in path]
   if len(keys) > 1 and keys[0] == "params":
     keys = keys[1:]
   return keys[0] if keys else None

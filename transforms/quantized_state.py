@@ -23,6 +23,7 @@ import numpy as np
 import optax
 
 from gradkit.transforms.quantization import dequantize_blockwise, dynamic_map, quantize_blockwise
+from gradkit.transforms.tree_checks import path_entry_key
 
 _SIGNED_MAP = dynamic_map(signed=True)
 _UNSIGNED_MAP = dynamic_map(signed=False)
@@ -141,14 +142,6 @@ def _param_shaped_test(params: Any) -> Callable[[Any], bool]:
   return is_param_shaped
 
 
-def _key_name(key: Any) -> Any:
-  """A path entry as a plain dict key / attribute name / index, to compare path tails."""
-  for attr in ("key", "name", "idx"):
-    if hasattr(key, attr):
-      return getattr(key, attr)
-  return key
-
-
 def _dtype(leaf: Any) -> Any:
   return leaf.dtype if hasattr(leaf, "dtype") else jnp.result_type(leaf)
 
@@ -158,7 +151,7 @@ def _plan(state: Any, params: Any, min_size: int, keep_fp32: KeepFp32) -> list[P
   params_with_path, param_def = jax.tree_util.tree_flatten_with_path(params)
   keep = _keep_flags(keep_fp32, params_with_path, param_def)
   names = [jax.tree_util.keystr(path) for path, _ in params_with_path]
-  tails = [tuple(_key_name(k) for k in path) for path, _ in params_with_path]
+  tails = [tuple(path_entry_key(k) for k in path) for path, _ in params_with_path]
   by_shape = collections.defaultdict(list)
   for k, (_, param) in enumerate(params_with_path):
     by_shape[tuple(jnp.shape(param))].append(k)
@@ -166,7 +159,7 @@ def _plan(state: Any, params: Any, min_size: int, keep_fp32: KeepFp32) -> list[P
 
   def associate(path: tuple[Any, ...], candidates: list[int]) -> tuple[str | None, bool | None]:
     """(parameter name, keep flag) of a leaf outside a params-structured subtree."""
-    keys = tuple(_key_name(k) for k in path)
+    keys = tuple(path_entry_key(k) for k in path)
     suffixes = [k for k in candidates
                 if len(tails[k]) <= len(keys) and keys[len(keys) - len(tails[k]):] == tails[k]]
     if suffixes:

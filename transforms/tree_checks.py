@@ -1,4 +1,4 @@
-"""Trace-time check that gradients match the parameters they update."""
+"""Trace-time check that gradients match the parameters they update, and key-path helpers."""
 
 from __future__ import annotations
 
@@ -6,6 +6,22 @@ from typing import Any
 
 import jax
 import optax
+
+
+def path_entry_key(entry: Any) -> Any:
+  """A key-path entry as its plain dict key, attribute name or sequence index.
+
+  Args:
+    entry: one entry of a `jax.tree_util` key path (DictKey, GetAttrKey,
+      SequenceKey, FlattenedIndexKey) or anything else (returned as is).
+
+  Returns:
+    `entry.key`, `entry.name` or `entry.idx`, whichever it has.
+  """
+  for attr in ("key", "name", "idx"):
+    if hasattr(entry, attr):
+      return getattr(entry, attr)
+  return entry
 
 
 def _describe_mismatch(updates: Any, params: Any) -> str | None:
