@@ -27,7 +27,7 @@ that wrapper:
 registry in tests/test_conformance.py and tests/test_hyperparams.py,
 `optax.apply_if_finite` in tests/test_faults.py, meshes in
 tests/test_sharding.py. docs/guides/composition.md's registry table is
-rendered from `EXPECTED` and this suite (`python tests/test_composition.py`
+rendered from this suite (`python tests/test_composition.py`
 prints it; `test_docs_table_is_current` keeps it current).
 """
 
@@ -71,8 +71,6 @@ HPARAMS = {"mfac": {"num_grads": 16}}
 TOLERANCE = 1e-10
 TOLERANCE_OVERRIDE = {"cosmos": 1e-7}
 QUANTIZED = {"min_size": 1024, "block_size": 256}
-# Cells that raise by design, with the start of the documented message.
-EXPECTED: dict[tuple[str, str], str] = {}
 
 
 class _Linear(nnx.Module):
@@ -164,11 +162,9 @@ def _runs(name: str, problem: Regression, steps: int) -> dict:
                "by_hand_sgd": by_hand(p0, lambda g: -0.1 * g),
                "by_hand_pass": by_hand(p0, lambda g: g)}
     for wrapper, fn in wrappers.items():
-      if (name, wrapper.removesuffix("_step1")) not in EXPECTED:
-        results[wrapper] = fn(p0)
+      results[wrapper] = fn(p0)
     results["loss_plain"] = problem.loss(results["plain"][-1])
-    if "quantized" in results:
-      results["loss_quantized"] = problem.loss(results["quantized"])
+    results["loss_quantized"] = problem.loss(results["quantized"])
     return results
 
   return everything(problem.params)
@@ -206,8 +202,6 @@ def _assert_close(got, want, start, name, what):
 @pytest.mark.parametrize("wrapper", [w for w in WRAPPERS if w != "quantized"])
 @pytest.mark.parametrize("name", NAMES)
 def test_wrapper_is_neutral_or_matches_its_oracle(name, wrapper):
-  if (name, wrapper) in EXPECTED:
-    pytest.skip(f"documented error: {EXPECTED[name, wrapper]}")
   results = _results(name)
   start = results["start"]
   got = results[wrapper]
@@ -252,8 +246,6 @@ def test_quantized_around_an_8bit_recipe_warns_that_it_adds_nothing():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_quantized_stores_parameter_shaped_state_in_8_bits(name):
-  if (name, "quantized") in EXPECTED:
-    pytest.skip(f"documented error: {EXPECTED[name, 'quantized']}")
   params, plain, state = _float32_states(name)
   shapes = {x.shape for x in jax.tree.leaves(params)}
   eligible = [x for x in jax.tree.leaves(plain)
@@ -290,8 +282,7 @@ def render_table() -> str:
   header = "| optimizer | " + " | ".join(f"`{w}`" for w in WRAPPERS) + " |"
   lines = [header, "| --- " * (len(WRAPPERS) + 1) + "|"]
   for name in NAMES:
-    cells = [EXPECTED.get((name, w), _quantized_cell(name) if w == "quantized" else "✓")
-             for w in WRAPPERS]
+    cells = [_quantized_cell(name) if w == "quantized" else "✓" for w in WRAPPERS]
     lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 

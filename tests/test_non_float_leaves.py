@@ -19,7 +19,7 @@ import pytest
 from conftest import Regression
 
 import gradkit
-from gradkit.transforms import float_leaves_only
+from gradkit.transforms.float_leaves import float_leaves_only
 from trajectories import extra_update_args
 
 STEPS = 2
