@@ -15,6 +15,7 @@ import numbers
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -24,18 +25,78 @@ def _concrete(value: Any) -> float | None:
   return float(np.asarray(value))
 
 
+def _compute_dtype() -> type:
+  """The widest float the optimizers compute in: float32, float64 once x64 is enabled.
+
+  Hyperparameters are cast to the promotion of each leaf's dtype and float32,
+  so without x64 a value float32 cannot tell from 0 or 1 acts as 0 or 1.
+  """
+  return np.float64 if jax.config.jax_enable_x64 else np.float32
+
+
+def _check_not_flushed_to_zero(name: str, value: Any, v: float) -> None:
+  dtype = _compute_dtype()
+  if v > 0.0 and dtype(v) == 0.0:
+    raise ValueError(
+        f"{name}={value!r} is 0 in {np.dtype(dtype).name}, the precision optimizers compute "
+        f"in (the smallest positive one is {np.finfo(dtype).smallest_subnormal:.3g}): use a "
+        "larger value, or float64 parameters with jax_enable_x64")
+
+
 def check_non_negative(name: str, value: Any) -> None:
-  """Raises ValueError if a concrete `value` is negative or not finite."""
+  """Raises ValueError if a concrete `value` is negative, not finite, or 0 in float32 but not 0."""
   v = _concrete(value)
   if v is not None and not (np.isfinite(v) and v >= 0.0):
     raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+  if v is not None:
+    _check_not_flushed_to_zero(name, value, v)
 
 
 def check_positive(name: str, value: Any) -> None:
-  """Raises ValueError if a concrete `value` is not a finite number > 0."""
+  """Raises ValueError if a concrete `value` is not a finite number > 0 (in float32 too)."""
   v = _concrete(value)
   if v is not None and not (np.isfinite(v) and v > 0.0):
     raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+  if v is not None:
+    _check_not_flushed_to_zero(name, value, v)
+
+
+def check_finite_numbers(name: str, values: Any, *, length: int) -> None:
+  """Raises ValueError unless `values` holds `length` numbers, each finite where concrete.
+
+  Args:
+    name: the user's argument name, for the error message.
+    values: a sequence (tuple, list, array) of numbers or tracers.
+    length: how many numbers it must hold.
+  """
+  try:
+    items = list(values)
+  except TypeError:
+    items = None
+  if items is None or len(items) != length:
+    raise ValueError(f"{name} must hold {length} numbers, got {values!r}")
+  for v in items:
+    c = _concrete(v)
+    if c is not None and not np.isfinite(c):
+      raise ValueError(f"{name} must hold finite numbers, got {values!r}")
+
+
+def check_float_dtype(name: str, dtype: Any) -> None:
+  """Raises ValueError unless `dtype` is None (keep the parameters' dtype) or a float dtype.
+
+  Args:
+    name: the user's argument name, for the error message.
+    dtype: the dtype given (None, a jnp/np dtype or its name).
+  """
+  if dtype is None:
+    return
+  try:
+    ok = jnp.issubdtype(jnp.dtype(dtype), jnp.floating)
+  except TypeError:
+    ok = False
+  if not ok:
+    raise ValueError(f"{name} must be None or a floating dtype (e.g. jnp.bfloat16), got "
+                     f"{dtype!r}: an integer state would truncate the moments to 0")
 
 
 def check_static_fraction(name: str, value: Any) -> float:
@@ -54,7 +115,12 @@ def check_static_fraction(name: str, value: Any) -> float:
 
 
 def check_unit_interval(name: str, value: Any, *, closed: bool = False) -> None:
-  """Raises ValueError unless 0 <= value < 1 (or <= 1 with `closed`)."""
+  """Raises ValueError unless 0 <= value < 1 (or <= 1 with `closed`), also in float32.
+
+  A decay rate below 1 that float32 rounds to 1 (0.99999999) would never
+  forget and make `1 - b**t` zero: without x64 it is rejected, naming the
+  largest float32 below 1.
+  """
   v = _concrete(value)
   if v is None:
     return
@@ -62,6 +128,14 @@ def check_unit_interval(name: str, value: Any, *, closed: bool = False) -> None:
   if not ok:
     interval = "[0, 1]" if closed else "[0, 1)"
     raise ValueError(f"{name} must lie in {interval}, got {value!r}")
+  dtype = _compute_dtype()
+  if not closed and dtype(v) == 1.0:
+    below_one = np.nextafter(dtype(1.0), dtype(0.0))
+    raise ValueError(
+        f"{name}={value!r} is 1.0 in {np.dtype(dtype).name}, the precision optimizers "
+        f"compute in: use at most {float(below_one)!r}, or float64 parameters with "
+        "jax_enable_x64")
+  _check_not_flushed_to_zero(name, value, v)
 
 
 def static_option_hint(value: Any) -> str:

@@ -146,6 +146,7 @@ def muon(
   """
   ns_coefficients = optax_alias(
       "ns_coefficients", ns_coefficients, MUON_COEFFICIENTS, "ns_coeffs", ns_coeffs)
+  _checks.check_finite_numbers("ns_coefficients", ns_coefficients, length=3)
   _checks.check_unit_interval("beta", beta)
   _checks.check_unit_interval("adam_b1", adam_b1)
   _checks.check_unit_interval("adam_b2", adam_b2)

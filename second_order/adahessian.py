@@ -77,8 +77,7 @@ def scale_by_adahessian(
   _checks.check_unit_interval("b2", b2)
   _checks.check_non_negative("eps", eps)
   _checks.check_unit_interval("hessian_power", hessian_power, closed=True)
-  if update_interval is not None:
-    _checks.check_positive("update_interval", update_interval)
+  _checks.check_static_int("update_interval", update_interval)
   block = 1 if spatial_average_block is None else spatial_average_block
   if not isinstance(block, int) or not (block == -1 or block >= 1):
     raise ValueError(f"spatial_average_block must be None, -1 or an int >= 1, got {block!r}")

@@ -147,6 +147,7 @@ def orthogonalize_newton_schulz(
   """
   _check_steps(ns_steps)
   _checks.check_non_negative("eps", eps)
+  _checks.check_finite_numbers("coefficients", coefficients, length=3)
   coefficients = tuple(float(c) for c in coefficients)
   if len(coefficients) != 3:
     raise ValueError(f"coefficients must be (a, b, c), got {coefficients!r}")

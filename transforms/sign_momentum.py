@@ -46,4 +46,5 @@ def scale_by_sign_momentum(
   """
   _checks.check_unit_interval("b1", b1)
   _checks.check_unit_interval("b2", b2)
+  _checks.check_float_dtype("mu_dtype", mu_dtype)
   return optax.scale_by_lion(b1=b1, b2=b2, mu_dtype=mu_dtype)
