@@ -136,8 +136,9 @@ def scale_by_apollo_ratios(
 
   def init_fn(params):
     projection = init_projectors(params, rank, _SIDE, seed, "scale_by_apollo", update_every)
-    zeros = subspace_zeros(params, rank, _SIDE)
-    return ScaleByApolloRatiosState(projection, zeros, zeros)
+    # Two allocations: one buffer for both would make donating the state fail.
+    return ScaleByApolloRatiosState(projection, subspace_zeros(params, rank, _SIDE),
+                                    subspace_zeros(params, rank, _SIDE))
 
   def update_fn(updates, state, params=None):
     del params
