@@ -15,6 +15,7 @@ __getattr__, __dir__, __all__ = _lazy.attach(
         "hyperparams": ["inject_hyperparams"],
         "memory": ["state_nbytes", "state_nbytes_breakdown"],
         "registry": ["create", "names"],
+        "transforms.guard": ["guard"],
         "transforms.loss_aware_partition": ["loss_aware", "masked", "multi_transform", "partition"],
     },
     [

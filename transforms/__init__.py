@@ -26,6 +26,7 @@ __getattr__, __dir__, __all__ = _lazy.attach(
         "float_leaves": ["float_leaves_only"],
         "friction": ["ScaleByFrictionState", "scale_by_friction"],
         "gsnr_scaling": ["scale_by_gsnr_at_init"],
+        "guard": ["GuardState", "guard"],
         "hypergradient": ["ScaleByHypergradientLrState", "scale_by_hypergradient_lr"],
         "igt": [
             "ScaleByHarpgState", "ScaleByNormalizedIgtState", "scale_by_harpg",
