@@ -17,7 +17,7 @@ import optax
 import pytest
 
 import gradkit
-from gradkit.transforms import PARAMETER_FUNCTION_ARGS
+from gradkit.transforms.loss_aware_partition import PARAMETER_FUNCTION_ARGS
 
 PARAMS = {
     "d1": {"kernel": jax.random.normal(jax.random.key(0), (4, 8)),
