@@ -140,4 +140,3 @@ def test_a_non_finite_state_is_never_stepped_from_and_the_skips_are_counted():
     updates, state = tx.update({"w": jnp.ones(3)}, state, params)
     np.testing.assert_array_equal(updates["w"], 0.0)
   assert int(state.consecutive_skipped) == 2 and int(state.num_skipped) == 2
-  assert not bool(state.last_kept)

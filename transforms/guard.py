@@ -24,8 +24,7 @@ class GuardState(NamedTuple):
 
   inner_state: optax.OptState
   num_skipped: jax.Array  # int32: steps skipped so far
-  consecutive_skipped: jax.Array  # int32: skipped since the last kept step
-  last_kept: jax.Array  # bool: whether the last step was kept
+  consecutive_skipped: jax.Array  # int32: skipped since the last kept step (0: it was kept)
 
 
 def _all_finite(tree: Any) -> jax.Array:
@@ -72,7 +71,7 @@ def guard(tx: optax.GradientTransformation, *, check_loss: bool = True,
 
   def init_fn(params):
     zero = jnp.zeros([], jnp.int32)
-    return GuardState(tx.init(params), zero, zero, jnp.array(True))
+    return GuardState(tx.init(params), zero, zero)
 
   def update_fn(updates, state, params=None, **extra_args):
     ok = _all_finite(updates)
@@ -91,6 +90,6 @@ def guard(tx: optax.GradientTransformation, *, check_loss: bool = True,
     skipped = (~ok).astype(jnp.int32)
     return new_updates, GuardState(
         new_inner, state.num_skipped + skipped,
-        jnp.where(ok, 0, state.consecutive_skipped + 1).astype(jnp.int32), ok)
+        jnp.where(ok, 0, state.consecutive_skipped + 1).astype(jnp.int32))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

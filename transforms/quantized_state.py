@@ -3,10 +3,11 @@
 `quantized(inner)` stores every floating state leaf of `inner` shaped like a
 parameter (Adam's mu and nu, momentum's trace, ..., wherever they sit: chains,
 `optax.masked`, `optax.partition` branches, `inject_hyperparams`) as uint8
-codes into the dynamic map plus one float32 absmax per block, and runs `inner`
-itself in float32; `quantization_plan` says what happens to each leaf (Dettmers et al.,
-"8-bit Optimizers via Block-wise Quantization", ICLR 2022, arXiv 2110.02861;
-official code bitsandbytes-foundation/bitsandbytes, `optim/optimizer.py`).
+codes into the dynamic map plus one absmax per block, and runs `inner` itself
+in float32 (float64 for a float64 state); `quantization_plan` says what
+happens to each leaf (Dettmers et al., "8-bit Optimizers via Block-wise
+Quantization", ICLR 2022, arXiv 2110.02861; official code
+bitsandbytes-foundation/bitsandbytes, `optim/optimizer.py`).
 """
 
 from __future__ import annotations
@@ -146,8 +147,43 @@ def _dtype(leaf: Any) -> Any:
   return leaf.dtype if hasattr(leaf, "dtype") else jnp.result_type(leaf)
 
 
-def _plan(state: Any, params: Any, min_size: int, keep_fp32: KeepFp32) -> list[PlanEntry]:
-  """One `PlanEntry` per leaf of `state`, in `jax.tree.leaves` order."""
+def quantization_plan(
+    state: Any,
+    params: Any,
+    *,
+    min_size: int = 4096,
+    keep_fp32: KeepFp32 = None,
+) -> list[PlanEntry]:
+  """What `quantized(inner, min_size=..., keep_fp32=...)` does with each leaf of `inner`'s state.
+
+  `quantized`'s init runs this on `inner.init(params)`. A leaf is quantized
+  when it is floating, has the shape of some parameter, has >= `min_size`
+  elements, and its parameter is not kept float32 by `keep_fp32`. The
+  parameter of a leaf is known exactly inside a subtree with the structure of
+  `params` (optax's mu, nu, trace); elsewhere (`optax.masked` states holding
+  `MaskedNode`s, `optax.partition` branches) it is the same-shaped parameter
+  whose key path ends the leaf's path (dict keys, attribute names and indices
+  compared), else the only parameter of that shape; with several and no path
+  match, the leaf is quantized or kept when their `keep_fp32` flags agree,
+  and kept as "ambiguous" otherwise.
+
+  A shape match is all it takes: a leaf of a parameter's shape that is not a
+  moment (a full-rank projector, a copy of the parameters) is quantized too.
+
+  Args:
+    state: `inner`'s state, or its `jax.eval_shape(inner.init, params)`.
+    params: the parameters (arrays or `jax.ShapeDtypeStruct`s).
+    min_size: as in `quantized`. Default 4096.
+    keep_fp32: as in `quantized`. Default None (parameters whose path
+      mentions "embedding").
+
+  Returns:
+    One `PlanEntry(path, shape, dtype, decision, parameter)` per leaf of
+    `state`, in `jax.tree.leaves` order. `decision` is "quantized" or why the
+    leaf is kept: "not floating", "not shaped like any parameter", "below
+    min_size", "keep_fp32", "ambiguous" (same-shaped parameters disagree on
+    `keep_fp32`) or "already quantized" (inside a nested `QuantizedState`).
+  """
   params_with_path, param_def = jax.tree_util.tree_flatten_with_path(params)
   keep = _keep_flags(keep_fp32, params_with_path, param_def)
   names = [jax.tree_util.keystr(path) for path, _ in params_with_path]
@@ -201,46 +237,6 @@ def _plan(state: Any, params: Any, min_size: int, keep_fp32: KeepFp32) -> list[P
     else:
       plan.append(decide(prefix, node, None))
   return plan
-
-
-def quantization_plan(
-    state: Any,
-    params: Any,
-    *,
-    min_size: int = 4096,
-    keep_fp32: KeepFp32 = None,
-) -> list[PlanEntry]:
-  """What `quantized(inner, min_size=..., keep_fp32=...)` does with each leaf of `inner`'s state.
-
-  `quantized`'s init runs this on `inner.init(params)`. A leaf is quantized
-  when it is floating, has the shape of some parameter, has >= `min_size`
-  elements, and its parameter is not kept float32 by `keep_fp32`. The
-  parameter of a leaf is known exactly inside a subtree with the structure of
-  `params` (optax's mu, nu, trace); elsewhere (`optax.masked` states holding
-  `MaskedNode`s, `optax.partition` branches) it is the same-shaped parameter
-  whose key path ends the leaf's path (dict keys, attribute names and indices
-  compared), else the only parameter of that shape; with several and no path
-  match, the leaf is quantized or kept when their `keep_fp32` flags agree,
-  and kept as "ambiguous" otherwise.
-
-  A shape match is all it takes: a leaf of a parameter's shape that is not a
-  moment (a full-rank projector, a copy of the parameters) is quantized too.
-
-  Args:
-    state: `inner`'s state, or its `jax.eval_shape(inner.init, params)`.
-    params: the parameters (arrays or `jax.ShapeDtypeStruct`s).
-    min_size: as in `quantized`. Default 4096.
-    keep_fp32: as in `quantized`. Default None (parameters whose path
-      mentions "embedding").
-
-  Returns:
-    One `PlanEntry(path, shape, dtype, decision, parameter)` per leaf of
-    `state`, in `jax.tree.leaves` order. `decision` is "quantized" or why the
-    leaf is kept: "not floating", "not shaped like any parameter", "below
-    min_size", "keep_fp32", "ambiguous" (same-shaped parameters disagree on
-    `keep_fp32`) or "already quantized" (inside a nested `QuantizedState`).
-  """
-  return _plan(state, params, min_size, keep_fp32)
 
 
 def _nothing_quantized_message(plan: list[PlanEntry], min_size: int) -> str:
@@ -369,7 +365,7 @@ def quantized(
 
   def init_fn(params):
     state = inner.init(params)
-    plan = _plan(state, params, min_size, keep_fp32)
+    plan = quantization_plan(state, params, min_size=min_size, keep_fp32=keep_fp32)
     leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(state)
     leaves, scales = [], []
     for (path, x), entry in zip(leaves_with_path, plan):
