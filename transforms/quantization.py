@@ -4,7 +4,9 @@ The primitives behind 8-bit optimizer states (Dettmers et al., "8-bit
 Optimizers via Block-wise Quantization", ICLR 2022, arXiv 2110.02861): a
 256-entry code book dense near zero and spanning seven decades, and
 quantize / dequantize functions that scale each block of consecutive elements
-by its absolute maximum before rounding to the nearest code.
+by its absolute maximum before rounding to the nearest code; and the same with
+blocks that are tiles of the array (`quantize_tiled`), which stay inside the
+shards of an array split over devices along any of its axes.
 """
 
 from __future__ import annotations
@@ -108,14 +110,18 @@ def quantize_blockwise(
   absmax = jnp.max(jnp.abs(blocks), axis=1)
   safe = jnp.where(absmax > 0, absmax, 1.0)
   normalized = jnp.clip(blocks / safe[:, None], -1.0, 1.0)
+  indices = _nearest_code(normalized.reshape(-1), code)
+  codes = indices[:size].astype(jnp.uint8).reshape(x.shape)
+  return codes, absmax
+
+
+def _nearest_code(y: jax.Array, code: jax.Array | np.ndarray) -> jax.Array:
+  """int32 index of the entry of `code` nearest each element of `y` (ties to the lower)."""
   if isinstance(code, jax.core.Tracer):
     code = jnp.asarray(code, jnp.float32)
     midpoints = (code[:-1] + code[1:]) / 2
-    indices = jnp.searchsorted(midpoints, normalized.reshape(-1), side="left")
-  else:
-    indices = _count_midpoints_below(normalized.reshape(-1), np.asarray(code, np.float32))
-  codes = indices[:size].astype(jnp.uint8).reshape(x.shape)
-  return codes, absmax
+    return jnp.searchsorted(midpoints, y, side="left")
+  return _count_midpoints_below(y, np.asarray(code, np.float32))
 
 
 _BUCKET_SHIFT = 16  # 2^16 buckets over the float32 order: 128 per octave
@@ -197,3 +203,111 @@ def dequantize_blockwise(
   blocks = jnp.pad(values, (0, num_blocks * block_size - size)).reshape(num_blocks, block_size)
   scaled = blocks * jnp.asarray(absmax, jnp.float32)[:, None]
   return scaled.reshape(-1)[:size].reshape(shape).astype(dtype)
+
+
+def shard_tile(shard_shape: tuple[int, ...], block_size: int) -> tuple[int, ...]:
+  """The quantization tile for arrays split into shards of `shard_shape`.
+
+  Each t_i divides shard_shape[i], and the product is at most `block_size`,
+  filled from the last axis: t_{k-1} is the largest divisor of the last
+  extent within `block_size`, t_{k-2} the largest divisor of its extent
+  within what is left, and so on. A tile that divides the shard divides the
+  array, and no tile straddles two shards. For a row-split (m, n) matrix
+  with n dividing `block_size` it is (block_size / n, n): the official
+  row-major blocks.
+
+  Args:
+    shard_shape: the shape of one shard (the array's shape when unsplit).
+    block_size: the most elements per tile.
+
+  Returns:
+    The tile, a tuple of the rank of `shard_shape`.
+  """
+  tile, budget = [], block_size
+  for extent in reversed(shard_shape):
+    t = max(d for d in range(1, max(1, min(extent, budget)) + 1) if extent % d == 0)
+    tile.append(t)
+    budget //= t
+  return tuple(reversed(tile))
+
+
+def _tiles(x: jax.Array, grid: tuple[int, ...]) -> jax.Array:
+  """`x` reshaped to (g_0, t_0, g_1, t_1, ...), tile i of axis k at index (.., i, :, ..)."""
+  shape = []
+  for extent, g in zip(x.shape, grid):
+    shape += [g, extent // g]
+  return x.reshape(shape)
+
+
+def quantize_tiled(
+    x: jax.Array, code: jax.Array | np.ndarray, tile: tuple[int, ...]
+) -> tuple[jax.Array, jax.Array]:
+  """`quantize_blockwise` with blocks that are tiles of `x`, not runs of its flattening.
+
+  Every block is a `tile`-shaped sub-array (the tiles partition `x`; each t_i
+  must divide x.shape[i]); it is scaled by its absolute maximum and rounded
+  to the nearest code, as in `quantize_blockwise`. Codes and scales keep the
+  array's axes, so an `x` split over devices along any axes, with tiles
+  inside its shards (`shard_tile`), is quantized shard by shard: XLA keeps
+  the codes laid out like `x` and splits the scales alike, where the
+  official row-major blocks of a column-split matrix straddle the shards.
+
+  Args:
+    x: array of rank >= 1; it is quantized in float32.
+    code: sorted code book with values in [-1, 1], e.g. `dynamic_map(signed)`.
+    tile: block shape, one extent per axis of `x`, each dividing it.
+
+  Returns:
+    `(codes, absmax)`: uint8 codes of the shape of `x` and float32 absmax of
+    shape `x.shape // tile` (the grid of tiles), from which
+    `dequantize_tiled` reads the tile back.
+
+  References:
+    Dettmers et al., "8-bit Optimizers via Block-wise Quantization", ICLR 2022.
+    https://arxiv.org/abs/2110.02861 ; official code:
+    https://github.com/bitsandbytes-foundation/bitsandbytes
+  """
+  x = jnp.asarray(x)
+  if len(tile) != x.ndim or any(t < 1 or n % t for n, t in zip(x.shape, tile)):
+    raise ValueError(f"tile {tile} does not partition an array of shape {x.shape}")
+  grid = tuple(n // t for n, t in zip(x.shape, tile))
+  tiles = _tiles(x.astype(jnp.float32), grid)
+  tile_axes = tuple(range(1, 2 * x.ndim, 2))
+  absmax = jnp.max(jnp.abs(tiles), axis=tile_axes, keepdims=True)
+  safe = jnp.where(absmax > 0, absmax, 1.0)
+  normalized = jnp.clip(tiles / safe, -1.0, 1.0)
+  codes = _nearest_code(normalized, code).astype(jnp.uint8).reshape(x.shape)
+  return codes, absmax.reshape(grid)
+
+
+def dequantize_tiled(
+    codes: jax.Array,
+    absmax: jax.Array,
+    code: jax.Array | np.ndarray,
+    dtype: jnp.dtype = jnp.float32,
+) -> jax.Array:
+  """Inverse of `quantize_tiled`: `code[codes]` times its tile's absmax.
+
+  The tile is codes.shape // absmax.shape.
+
+  Args:
+    codes: uint8 codes from `quantize_tiled`.
+    absmax: the per-tile scales from `quantize_tiled` (the grid of tiles).
+    code: the code book used to quantize.
+    dtype: dtype of the restored array (computed in absmax's precision, at
+      least float32, then cast). Default jnp.float32.
+
+  Returns:
+    The dequantized array, shaped like `codes`.
+
+  References:
+    Dettmers et al., "8-bit Optimizers via Block-wise Quantization", ICLR 2022.
+    https://arxiv.org/abs/2110.02861 ; official code:
+    https://github.com/bitsandbytes-foundation/bitsandbytes
+  """
+  codes, absmax = jnp.asarray(codes), jnp.asarray(absmax)
+  precision = jnp.promote_types(absmax.dtype, jnp.float32)
+  values = _tiles(jnp.asarray(code, precision)[codes.astype(jnp.int32)], absmax.shape)
+  scale_shape = [d for g in absmax.shape for d in (g, 1)]
+  scaled = values * absmax.astype(precision).reshape(scale_shape)
+  return scaled.reshape(codes.shape).astype(dtype)

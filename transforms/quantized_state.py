@@ -13,6 +13,7 @@ bitsandbytes-foundation/bitsandbytes, `optim/optimizer.py`).
 from __future__ import annotations
 
 import collections
+import functools
 import math
 import warnings
 from collections.abc import Callable, Iterable
@@ -23,7 +24,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gradkit.transforms.quantization import dequantize_blockwise, dynamic_map, quantize_blockwise
+from gradkit.transforms.quantization import (
+    dequantize_blockwise,
+    dequantize_tiled,
+    dynamic_map,
+    quantize_blockwise,
+    quantize_tiled,
+    shard_tile,
+)
 from gradkit.transforms.tree_checks import path_entry_key
 
 _SIGNED_MAP = dynamic_map(signed=True)
@@ -56,6 +64,14 @@ class NothingQuantizedWarning(UserWarning):
   """`quantized(...).init` found no leaf of the inner state to store in 8 bits.
 
   Its message counts the kept leaves by reason (see `quantization_plan`).
+  """
+
+
+class ShardLayoutWarning(UserWarning):
+  """A leaf split over devices has no tile inside its shards of >= block_size / 8 elements.
+
+  Its 8-bit state then uses the official row-major blocks, which straddle
+  the shards (XLA gathers them in every step).
   """
 
 
@@ -251,6 +267,54 @@ def _nothing_quantized_message(plan: list[PlanEntry], min_size: int) -> str:
   )
 
 
+@functools.lru_cache(maxsize=None)
+def _init_quantizer(unsigned: bool, block_size: int, tile: tuple[int, ...] | None) -> Callable:
+  """One compiled `(codes, absmax)` of a state leaf per map and layout, for `init`.
+
+  Run eagerly, the quantizer's dozens of small operations would each be
+  compiled for every new shape and sharding of the parameters; jitted, the
+  codes and scales of a sharded leaf still follow its layout (they are
+  computed from it).
+  """
+  code = _UNSIGNED_MAP if unsigned else _SIGNED_MAP
+  if tile is None:
+    return jax.jit(lambda x: quantize_blockwise(x, code, block_size))
+  return jax.jit(lambda x: quantize_tiled(x, code, tile))
+
+
+def _tiled(codes: Any, absmax: jax.Array) -> bool:
+  """Whether a quantized leaf has tiled blocks (absmax keeps the leaf's axes)."""
+  return jnp.ndim(codes) >= 2 and jnp.ndim(absmax) == jnp.ndim(codes)
+
+
+def _tile_for(x: Any, block_size: int, path: str) -> tuple[int, ...] | None:
+  """The tile of a state leaf split over devices at init; None for the official blocks.
+
+  A leaf of rank >= 2 whose (eager) array is split into shards gets the
+  largest tile inside a shard (`shard_tile`); an unsplit, replicated or
+  traced leaf, or a vector, keeps the official row-major blocks.
+  """
+  if isinstance(x, jax.core.Tracer) or jnp.ndim(x) < 2 or not hasattr(x, "sharding"):
+    return None
+  shard = tuple(x.sharding.shard_shape(x.shape))
+  if shard == tuple(x.shape):
+    return None
+  tile = shard_tile(shard, block_size)
+  width = x.shape[-1]
+  if all(t == 1 for t in tile[:-2]) and (
+      tile[-2:] == (1, block_size) and width % block_size == 0
+      or tile[-1] == width and tile[-2] * width == block_size):
+    return None  # the tiles are the official blocks (a row split): keep their layout
+  if math.prod(tile) * 8 < block_size:
+    warnings.warn(
+        f"quantized: state leaf {path} {tuple(x.shape)} is split into shards {shard} with no "
+        f"tile of >= {block_size // 8} elements inside one (best {tile}); it keeps the "
+        "row-major blocks, which straddle the shards. Shard along extents with small factors "
+        "(powers of two) to keep its 8-bit state sharded.", ShardLayoutWarning, stacklevel=4)
+    return None
+  return tile
+
+
 def _chunk_blocks(num_blocks: int, block_size: int, chunk_size: int) -> int:
   """Blocks per chunk: the largest divisor of `num_blocks` within `chunk_size` elements."""
   limit = min(num_blocks, max(1, chunk_size // block_size))
@@ -276,10 +340,24 @@ def quantized(
   `keep_fp32`; `quantization_plan` gives the decision and its reason for each
   leaf, and how a leaf outside a params-structured subtree finds its
   parameter. Such a leaf is replaced by its uint8 codes (the leaf's shape),
-  and its absmax (float32; float64 for a float64 state), of shape
-  `(ceil(n / block_size),)` over the row-major flattening (the official layout; the last block may be short),
-  goes to `QuantizedState.absmax`; `quantized_view(state)` shows them
-  together. Other leaves (counts, small parameters' moments, factored or
+  and its absmax (float32; float64 for a float64 state) goes to
+  `QuantizedState.absmax`; `quantized_view(state)` shows them together.
+
+  Blocks: on one device, replicated, or for a vector, the official layout:
+  runs of `block_size` elements of the row-major flattening (absmax of shape
+  `(ceil(n / block_size),)`; the last block may be short). A leaf of rank
+  >= 2 whose array is split over devices when `init` runs (eagerly, on
+  sharded parameters) gets tiles inside its shards instead (`shard_tile`:
+  the largest tile of <= `block_size` elements dividing the shard, absmax of
+  shape `leaf.shape // tile`), so codes and scales stay split like the
+  parameter under FSDP over any axis and on 2-D meshes; the official
+  row-major blocks of a column-split matrix straddle its shards. For a
+  row-split matrix whose width divides `block_size` (or is a multiple of it)
+  the tiles are the official blocks, and the official layout is kept. The absmax's shape records the layout, so `update`
+  follows it; a state restored for another sharding must be re-initialised
+  for it (its absmax shapes differ). A shard with no tile of >=
+  `block_size / 8` elements keeps the official blocks and warns
+  (`ShardLayoutWarning`); a jitted `init` sees no sharding and uses them too. Other leaves (counts, small parameters' moments, factored or
   low-rank state such as GaLore's (r, n) moments) stay as `inner` made them;
   an init that quantizes nothing warns (`NothingQuantizedWarning`), unless
   `params` has no leaves (an `optax.partition` branch that got none).
@@ -370,7 +448,9 @@ def quantized(
     leaves, scales = [], []
     for (path, x), entry in zip(leaves_with_path, plan):
       if entry.decision == QUANTIZED:
-        codes, absmax = quantize_blockwise(x, code_for(path), block_size)
+        tile = _tile_for(x, block_size, entry.path)
+        quantize = _init_quantizer(code_for(path) is _UNSIGNED_MAP, block_size, tile)
+        codes, absmax = quantize(x)
         leaves.append(codes)
         # The scales keep the state's precision (float32 at least): a float64
         # state is restored in float64, so `inner` sees its own dtypes.
@@ -389,8 +469,17 @@ def quantized(
   def restore(entry: _Entry) -> Any:
     if entry.absmax is None:
       return entry.codes
+    if _tiled(entry.codes, entry.absmax):
+      return dequantize_tiled(entry.codes, entry.absmax, entry.code, entry.absmax.dtype)
     return dequantize_blockwise(
         entry.codes, entry.absmax, entry.code, entry.codes.shape, entry.absmax.dtype, block_size)
+
+  def requantize(x: Any, entry: _Entry) -> tuple[jax.Array, jax.Array]:
+    """(codes, absmax) of a new state leaf, in the blocks of its old state."""
+    if _tiled(entry.codes, entry.absmax):
+      tile = tuple(n // g for n, g in zip(entry.codes.shape, entry.absmax.shape))
+      return quantize_tiled(x, entry.code, tile)
+    return quantize_blockwise(x, entry.code, block_size)
 
   def chunked_requantize(k: int, rows: list[list[_Entry]], node_def: Any, nodes: list[Any],
                          is_row: list[bool], grad: Any, param: Any,
@@ -443,7 +532,8 @@ def quantized(
     requantized = {}
     for k, grad in enumerate(grads):
       num_blocks, rem = divmod(grad.size, block_size)
-      if rem == 0 and all(row[k].absmax is not None for row in rows) and (
+      if rem == 0 and all(row[k].absmax is not None and not _tiled(row[k].codes, row[k].absmax)
+                          for row in rows) and (
           num_blocks // _chunk_blocks(num_blocks, block_size, chunk_size) >= 2):
         new = chunked_requantize(k, rows, node_def, nodes, is_row, grad,
                                  None if params is None else param_leaves[k], extra_args)
@@ -467,8 +557,7 @@ def quantized(
       if entry.absmax is None:
         new_leaves.append(x)
         continue
-      codes, absmax = requantized[i] if i in requantized else quantize_blockwise(
-          x, entry.code, block_size)
+      codes, absmax = requantized[i] if i in requantized else requantize(x, entry)
       new_leaves.append(codes)
       new_scales.append(absmax.astype(entry.absmax.dtype))
     new_updates = jax.tree.map(lambda u, g: u.astype(jnp.result_type(g)), new_updates, updates)

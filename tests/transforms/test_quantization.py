@@ -13,8 +13,11 @@ import gradkit
 from gradkit.transforms.quantization import (
     _count_midpoints_below,
     dequantize_blockwise,
+    dequantize_tiled,
     dynamic_map,
     quantize_blockwise,
+    quantize_tiled,
+    shard_tile,
 )
 
 
@@ -222,3 +225,55 @@ def test_bucketed_lookup_equals_searchsorted_at_ties_and_extremes(signed):
     y = np.abs(y)
   got = jax.jit(lambda v: _count_midpoints_below(v, code))(jnp.asarray(y))
   np.testing.assert_array_equal(got, np.searchsorted(mids, y, side="left"))
+
+
+@pytest.mark.parametrize("shard, block_size", [((16, 32), 256), ((128, 4), 256), ((4, 128), 256),
+                                               ((3, 7, 10), 64), ((997, 6), 256), ((5,), 256)])
+def test_shard_tile_divides_the_shard_within_the_block(shard, block_size):
+  tile = shard_tile(shard, block_size)
+  assert len(tile) == len(shard) and np.prod(tile) <= block_size
+  assert all(n % t == 0 for n, t in zip(shard, tile))
+  # Filled from the last axis: no axis could take a larger divisor within the budget left.
+  budget = block_size
+  for n, t in zip(reversed(shard), reversed(tile)):
+    assert not any(n % d == 0 for d in range(t + 1, min(n, budget) + 1))
+    budget //= t
+
+
+def test_tiles_of_whole_rows_are_the_official_blocks():
+  """A (64, 32) array in (8, 32) tiles is the row-major blocks of 256."""
+  x = np.random.default_rng(0).normal(size=(64, 32)).astype(np.float32)
+  code = dynamic_map(signed=True)
+  codes, absmax = quantize_tiled(jnp.asarray(x), code, (8, 32))
+  flat_codes, flat_absmax = quantize_blockwise(jnp.asarray(x), code, 256)
+  np.testing.assert_array_equal(codes, flat_codes)
+  np.testing.assert_array_equal(np.asarray(absmax).reshape(-1), flat_absmax)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_each_tile_is_quantized_as_its_own_block(signed):
+  """Tiles of a (12, 20) array, (4, 5) each, against the brute-force nearest
+  code of every tile cut out by numpy and flattened into one block."""
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(12, 20)).astype(np.float32) * rng.uniform(0.01, 10, size=(12, 1))
+  x = x if signed else np.abs(x)
+  x[4:8, 5:10] = 0.0  # an all-zero tile
+  code = dynamic_map(signed)
+  codes, absmax = jax.jit(lambda v: quantize_tiled(v, code, (4, 5)))(jnp.asarray(x))
+  assert codes.shape == x.shape and codes.dtype == jnp.uint8 and absmax.shape == (3, 4)
+  restored = dequantize_tiled(codes, absmax, code)
+  for i in range(3):
+    for j in range(4):
+      block = x[4 * i:4 * i + 4, 5 * j:5 * j + 5]
+      want_codes, want_absmax, _, _ = _brute_force(block, code, block.size)
+      np.testing.assert_array_equal(np.asarray(codes)[4 * i:4 * i + 4, 5 * j:5 * j + 5],
+                                    want_codes.reshape(4, 5))
+      assert float(absmax[i, j]) == want_absmax[0]
+      want_values = code[want_codes] * want_absmax[0]
+      np.testing.assert_array_equal(
+          np.asarray(restored)[4 * i:4 * i + 4, 5 * j:5 * j + 5], want_values.reshape(4, 5))
+
+
+def test_tile_that_does_not_partition_the_array_is_rejected():
+  with pytest.raises(ValueError, match=r"tile \(5, 5\) does not partition .* \(12, 20\)"):
+    quantize_tiled(jnp.zeros((12, 20)), dynamic_map(True), (5, 5))
