@@ -20,6 +20,7 @@ __getattr__, __dir__, __all__ = _lazy.attach(
     },
     [
         "batch_size",
+        "column_row_sampling",
         "flax_helpers",
         "implicit",
         "layers",

@@ -29,6 +29,7 @@ MODULES = (
     "gradkit.privacy",
     "gradkit.regularizers",
     "gradkit.layers",
+    "gradkit.column_row_sampling",
     "gradkit.memory",
     "gradkit.registry",
     "gradkit.flax_helpers",
@@ -77,7 +78,8 @@ PAPER_PRIMITIVES = frozenset({
     "adaptive_batch_statistic", "next_batch_size",
     "AdaptiveBatchSizeController", "rdp_sampled_gaussian", "epsilon_from_rdp",
     "epsilon", "saf_loss", "trajectory_kl_loss", "init_trajectory_buffer",
-    "StableEmbedding",
+    "StableEmbedding", "WTACRSLinear", "wta_crs_dense", "select_pairs", "pair_probabilities",
+    "winner_count", "sampling_budget",
 })
 
 _ENTRY = re.compile(r"^(\*{0,2}[A-Za-z_]\w*)(?:\s*\([^)]*\))?\s*:(.*)$")
