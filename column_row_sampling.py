@@ -159,8 +159,11 @@ def select_pairs(
   is_winner = slot < num_winners
   winner_mass = jnp.sum(jnp.where(is_winner, top_p, 0.0))
   excluded = jnp.zeros((n,), bool).at[top_idx].set(is_winner)
-  logits = jnp.where(excluded, -jnp.inf, jnp.log(p))
-  draws = jax.random.categorical(key, logits, shape=(k,))
+  # Inverse-CDF draws from p on the non-winners: O(N + k log N) memory and
+  # work, where a Gumbel-max `categorical` of k draws materialises (k, N).
+  cdf = jnp.cumsum(jnp.where(excluded, 0.0, p))
+  uniforms = jax.random.uniform(key, (k,), p.dtype) * cdf[-1]
+  draws = jnp.minimum(jnp.searchsorted(cdf, uniforms, side="right"), n - 1)
   num_draws = (k - num_winners).astype(p.dtype)
   indices = jnp.where(is_winner, top_idx, draws).astype(jnp.int32)
   weights = jnp.where(is_winner, 1.0, (1.0 - winner_mass) / (num_draws * p[draws]))

@@ -109,7 +109,9 @@ class WTACRSLinear(nnx.Module):
   N input rows (all leading axes, the whole batch's tokens jointly); only
   those k rows of the input are saved for the backward pass
   (`gradkit.column_row_sampling`). In eval mode (`model.eval()`, or
-  `deterministic=True`) it is `nnx.Linear`. The bias gradient is exact.
+  `deterministic=True`) it is `nnx.Linear`. The bias gradient is exact. Its
+  `kernel` and `bias` are initialised as `nnx.Linear`'s, at the same paths,
+  so the layer can replace one in a trained model.
 
   Args:
     in_features: input width.
@@ -151,7 +153,9 @@ class WTACRSLinear(nnx.Module):
     sampling_budget(1, sampling_ratio, minimal_k)  # checks both
     self.sampling_ratio, self.minimal_k, self.winners = sampling_ratio, minimal_k, winners
     self.deterministic = deterministic
-    self.linear = nnx.Linear(in_features, out_features, use_bias=use_bias, rngs=rngs)
+    # nnx.Linear's parameters, initialised as it does, at the same paths.
+    linear = nnx.Linear(in_features, out_features, use_bias=use_bias, rngs=rngs)
+    self.kernel, self.bias = linear.kernel, linear.bias
     self.rngs = rngs[rng_collection].fork()
 
   def __call__(self, x: jax.Array, *, grad_norms: jax.Array | None = None,
@@ -166,12 +170,12 @@ class WTACRSLinear(nnx.Module):
       deterministic: overrides the layer's mode for this call. Default None.
     """
     deterministic = self.deterministic if deterministic is None else deterministic
-    kernel = self.linear.kernel[...]
+    kernel = self.kernel[...]
     if deterministic:
       y = x @ kernel
     else:
       k = sampling_budget(math.prod(x.shape[:-1]), self.sampling_ratio, self.minimal_k)
       y = wta_crs_dense(x, kernel, self.rngs(), k, grad_norms=grad_norms, winners=self.winners)
-    if self.linear.bias is not None:
-      y = y + self.linear.bias[...]
+    if self.bias is not None:
+      y = y + self.bias[...]
     return y

@@ -29,17 +29,26 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gradkit._checks import check_positive
+from gradkit.layers import WTACRSLinear
+
+
+def _projection(d_in: int, d_out: int, wta_crs_ratio: float | None, rngs: nnx.Rngs) -> nnx.Module:
+  """A bias-free projection: nnx.Linear, or WTACRSLinear keeping that share of the rows."""
+  if wta_crs_ratio is None:
+    return nnx.Linear(d_in, d_out, use_bias=False, rngs=rngs)
+  return WTACRSLinear(d_in, d_out, sampling_ratio=wta_crs_ratio, use_bias=False, rngs=rngs)
 
 
 class CausalSelfAttention(nnx.Module):
   """Multi-head causal self-attention with separate bias-free q, k, v, o projections."""
 
-  def __init__(self, d_model: int, num_heads: int, *, rngs: nnx.Rngs):
+  def __init__(self, d_model: int, num_heads: int, *, wta_crs_ratio: float | None = None,
+               rngs: nnx.Rngs):
     self.num_heads = num_heads
     self.q = nnx.Linear(d_model, d_model, use_bias=False, rngs=rngs)
     self.k = nnx.Linear(d_model, d_model, use_bias=False, rngs=rngs)
     self.v = nnx.Linear(d_model, d_model, use_bias=False, rngs=rngs)
-    self.o = nnx.Linear(d_model, d_model, use_bias=False, rngs=rngs)
+    self.o = _projection(d_model, d_model, wta_crs_ratio, rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     batch, length, d_model = x.shape
@@ -52,10 +61,11 @@ class CausalSelfAttention(nnx.Module):
 class SwiGLU(nnx.Module):
   """down(silu(gate(x)) * up(x)), bias-free."""
 
-  def __init__(self, d_model: int, d_ff: int, *, rngs: nnx.Rngs):
-    self.gate = nnx.Linear(d_model, d_ff, use_bias=False, rngs=rngs)
-    self.up = nnx.Linear(d_model, d_ff, use_bias=False, rngs=rngs)
-    self.down = nnx.Linear(d_ff, d_model, use_bias=False, rngs=rngs)
+  def __init__(self, d_model: int, d_ff: int, *, wta_crs_ratio: float | None = None,
+               rngs: nnx.Rngs):
+    self.gate = _projection(d_model, d_ff, wta_crs_ratio, rngs)
+    self.up = _projection(d_model, d_ff, wta_crs_ratio, rngs)
+    self.down = _projection(d_ff, d_model, wta_crs_ratio, rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.down(nnx.silu(self.gate(x)) * self.up(x))
@@ -64,11 +74,12 @@ class SwiGLU(nnx.Module):
 class DecoderBlock(nnx.Module):
   """x + attn(norm(x)), then x + mlp(norm(x))."""
 
-  def __init__(self, d_model: int, num_heads: int, d_ff: int, *, rngs: nnx.Rngs):
+  def __init__(self, d_model: int, num_heads: int, d_ff: int, *,
+               wta_crs_ratio: float | None = None, rngs: nnx.Rngs):
     self.attn_norm = nnx.RMSNorm(d_model, rngs=rngs)
-    self.attn = CausalSelfAttention(d_model, num_heads, rngs=rngs)
+    self.attn = CausalSelfAttention(d_model, num_heads, wta_crs_ratio=wta_crs_ratio, rngs=rngs)
     self.mlp_norm = nnx.RMSNorm(d_model, rngs=rngs)
-    self.mlp = SwiGLU(d_model, d_ff, rngs=rngs)
+    self.mlp = SwiGLU(d_model, d_ff, wta_crs_ratio=wta_crs_ratio, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x = x + self.attn(self.attn_norm(x))
@@ -79,7 +90,12 @@ class DecoderLM(nnx.Module):
   """Decoder-only LM: tokens int32 (batch, length) -> next-token logits (batch, length, vocab).
 
   Position t's logits depend on tokens 0..t only. `length` may be at most
-  `max_len` (the number of learned positions).
+  `max_len` (the number of learned positions). `wta_crs_ratio` (None: exact)
+  makes the attention output and the three MLP projections `WTACRSLinear`s
+  keeping that share of the batch's token rows for their kernel gradients,
+  the layers of the WTA-CRS paper's main experiments ("level 2"; q, k, v
+  stay exact; its sampled attention-score products are not built). The
+  parameter paths are the same either way.
   """
 
   def __init__(
@@ -91,6 +107,7 @@ class DecoderLM(nnx.Module):
       num_layers: int,
       d_ff: int,
       max_len: int,
+      wta_crs_ratio: float | None = None,
       rngs: nnx.Rngs,
   ):
     for name, value in [("vocab_size", vocab_size), ("d_model", d_model),
@@ -103,7 +120,8 @@ class DecoderLM(nnx.Module):
     self.embed = nnx.Embed(vocab_size, d_model, rngs=rngs)
     self.position_embed = nnx.Embed(max_len, d_model, rngs=rngs)
     self.blocks = nnx.List(
-        [DecoderBlock(d_model, num_heads, d_ff, rngs=rngs) for _ in range(num_layers)])
+        [DecoderBlock(d_model, num_heads, d_ff, wta_crs_ratio=wta_crs_ratio, rngs=rngs)
+         for _ in range(num_layers)])
     self.final_norm = nnx.RMSNorm(d_model, rngs=rngs)
     self.lm_head = nnx.Linear(d_model, vocab_size, use_bias=False, rngs=rngs)
 

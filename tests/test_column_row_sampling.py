@@ -164,8 +164,8 @@ def test_linear_layer_matches_nnx_linear_and_is_exact_in_eval_mode():
 
   exact = kernel_grad(reference)
   layer.eval()
-  np.testing.assert_allclose(kernel_grad(layer).linear.kernel[...], exact.kernel[...], rtol=1e-5)
+  np.testing.assert_allclose(kernel_grad(layer).kernel[...], exact.kernel[...], rtol=1e-5)
   layer.train()
   sampled = kernel_grad(layer)
-  np.testing.assert_allclose(sampled.linear.bias[...], exact.bias[...], rtol=1e-5)
-  assert not np.allclose(sampled.linear.kernel[...], exact.kernel[...])
+  np.testing.assert_allclose(sampled.bias[...], exact.bias[...], rtol=1e-5)
+  assert not np.allclose(sampled.kernel[...], exact.kernel[...])
