@@ -30,7 +30,7 @@ import optax
 
 from gradkit.optimizers._recipe import LabelsOrFn, MaskOrFn, descend, matrix_or_fallback
 from gradkit.registry import register
-from gradkit.transforms.apollo import Granularity, scale_by_apollo
+from gradkit.transforms.apollo import Granularity, Limiter, scale_by_apollo
 from gradkit.transforms.low_rank import Period, Rank, Scale, check_positive_int
 from gradkit.transforms.moments import scale_by_adam_eps_before_correction
 
@@ -77,6 +77,7 @@ def apollo(
     limit_growth: float | None = 1.01,
     scale_front: bool = False,
     param_labels: LabelsOrFn | None = None,
+    limiter: Limiter = "decaying_max",
 ) -> optax.GradientTransformationExtraArgs:
   """APOLLO: the raw gradient scaled per channel by low-rank Adam ratios.
 
@@ -107,6 +108,9 @@ def apollo(
     scale_front: apply sqrt(scale) before the limiter (official flag). Default False.
     param_labels: label tree or callable (None means `matrix_labels`);
       "matrix" leaves get APOLLO, the others AdamW. Default None (`matrix_labels`).
+    limiter: the norm-growth limiter's reference (`limit_norm_growth`):
+      "decaying_max", which one zero or tiny gradient cannot lock, or
+      "official", the official code's rule, which it locks. Default "decaying_max".
 
   References:
     Zhu et al., "APOLLO: SGD-like Memory, AdamW-level Performance", MLSys 2025.
@@ -115,7 +119,8 @@ def apollo(
   return _apollo_recipe(
       learning_rate, rank, update_proj_gap, weight_decay, mask, param_labels,
       granularity=granularity, scale=scale, b1=b1, b2=b2, eps=eps, seed=seed,
-      projector=projector, limit_growth=limit_growth, scale_front=scale_front)
+      projector=projector, limit_growth=limit_growth, scale_front=scale_front,
+      limiter=limiter)
 
 
 @register("apollo_mini")
@@ -133,6 +138,7 @@ def apollo_mini(
     scale_front: bool = False,
     param_labels: LabelsOrFn | None = None,
     projector: Projector = "gaussian",
+    limiter: Limiter = "decaying_max",
 ) -> optax.GradientTransformationExtraArgs:
   """APOLLO-Mini: one tensor-wise ratio from rank-1 Gaussian projections.
 
@@ -164,6 +170,7 @@ def apollo_mini(
       Default None (`matrix_labels`).
     projector: "gaussian" (paper) or "svd" (the top singular vector, GaLore's
       projector), as in `apollo`. Default "gaussian".
+    limiter: "decaying_max" or "official", as in `apollo`. Default "decaying_max".
 
   References:
     Zhu et al., "APOLLO: SGD-like Memory, AdamW-level Performance", MLSys 2025.
@@ -172,4 +179,5 @@ def apollo_mini(
   return _apollo_recipe(
       learning_rate, 1, update_proj_gap, weight_decay, mask, param_labels,
       granularity="tensor", scale=scale, b1=b1, b2=b2, eps=eps, seed=seed,
-      projector=projector, limit_growth=limit_growth, scale_front=scale_front)
+      projector=projector, limit_growth=limit_growth, scale_front=scale_front,
+      limiter=limiter)

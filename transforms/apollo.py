@@ -10,10 +10,12 @@ is the composition
   scale_by_apollo_ratios -> limit_norm_growth -> x sqrt(scale) -> x sqrt(1-b2^t)/(1-b1^t)
 
 (with `scale_front` the sqrt(scale) factor comes before the limiter). The
-projector and its refresh schedule are `gradkit.transforms.low_rank`'s;
-the rank, the refresh period and the scale may be per-leaf rules
-fn(path, shape) of the leaf's key path and (m, n) matrix view, as the
-official code's parameter groups set them per layer.
+limiter's reference is by default a decaying maximum of past norms, which
+a zero or tiny gradient cannot lock; `limiter="official"` is the official
+rule (see `limit_norm_growth`). The projector and its refresh schedule are
+`gradkit.transforms.low_rank`'s; the rank, the refresh period and the scale
+may be per-leaf rules fn(path, shape) of the leaf's key path and (m, n)
+matrix view, as the official code's parameter groups set them per layer.
 
 References:
   H. Zhu et al., APOLLO: SGD-like Memory, AdamW-level Performance, MLSys
@@ -48,6 +50,8 @@ from gradkit.transforms.matrix_view import matrix_shape
 
 Granularity = Literal["channel", "tensor"]
 _GRANULARITIES = ("channel", "tensor")
+Limiter = Literal["decaying_max", "official"]
+_LIMITERS = ("decaying_max", "official")
 _PROJECTORS = ("gaussian", "svd")
 # APOLLO's channels run along the larger side of the (m, n) view.
 _SIDE = "std"
@@ -65,7 +69,7 @@ class ScaleByApolloRatiosState(NamedTuple):
 
 
 class LimitNormGrowthState(NamedTuple):
-  """Step count and, per leaf, the norm of the previous limited update."""
+  """Step count and, per leaf, the reference norm a of `limit_norm_growth`."""
 
   count: jax.Array  # int32 scalar: steps taken.
   norm: optax.Updates  # per leaf: scalar, float32 or the leaf's wider dtype.
@@ -159,26 +163,60 @@ def scale_by_apollo_ratios(
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def limit_norm_growth(gamma: jax.typing.ArrayLike = 1.01) -> optax.GradientTransformation:
+def _check_limiter(limiter) -> None:
+  if limiter not in _LIMITERS:
+    raise ValueError(f"limiter must be one of {_LIMITERS}, got {limiter!r}")
+
+
+def _safe_norm(u: jax.Array, dtype) -> jax.Array:
+  """||u||_F in `dtype`, computed on u / max|u| so no square overflows or underflows."""
+  u = u.astype(dtype)
+  peak = jnp.max(jnp.abs(u), initial=0.0)  # 0 for a zero-size leaf
+  scale = jnp.where(peak > 0, peak, jnp.ones_like(peak))
+  return scale * jnp.linalg.norm(u / scale)
+
+
+def limit_norm_growth(
+    gamma: jax.typing.ArrayLike = 1.01, *, limiter: Limiter = "decaying_max"
+) -> optax.GradientTransformation:
   """Caps the growth of each leaf's update norm at a factor gamma per step.
 
-  Fira's norm-growth limiter, as used by APOLLO: the first update passes
-  and its norm a is remembered; afterwards
-  l = max(||u|| / (a + 1e-8), gamma) / gamma, u <- u / l and a <- ||u||.
-  So ||u_t|| <= gamma ||u_{t-1}|| (up to the 1e-8); shrinking norms pass
-  unchanged. Norms are Frobenius norms of whole leaves, in float32 or the
-  leaf's wider dtype.
+  Fira's norm-growth limiter, as used by APOLLO, divides each update u by
+  l = max(||u|| / (a + 1e-8), gamma) / gamma, so ||u|| <= gamma a (up to
+  the 1e-8); smaller norms pass unchanged. The reference a depends on
+  `limiter`:
+
+  - "decaying_max" (default): a_t = max(||u_t|| / l_t, a_{t-1} / gamma), a
+    running maximum of the limited norms that forgets by the factor gamma
+    per step; a reference that is 0 (nothing but zero updates so far) or
+    not finite means no limit, and the next reference is that step's norm.
+    The reference therefore moves by at most a factor gamma per step either
+    way: a zero or x1e-30 step lowers it by gamma only, so the step after it
+    may be as large as the last ordinary one. While norms shrink by less
+    than gamma per step (a_t is then the last limited norm) this is the
+    official rule exactly.
+  - "official": a_t = ||u_t|| / l_t (the first update passes and sets a),
+    the rule of the APOLLO and Fira codes. One zero or tiny update locks
+    it: after a zero gradient the next update is capped at gamma * 1e-8,
+    and the cap regrows by gamma per step (about 1850 steps at 1.01 to
+    climb back from 1e-8 to 1).
+
+  Norms are Frobenius norms of whole leaves, in float32 or the leaf's wider
+  dtype, computed on u / max|u| so that they do not overflow for huge
+  (x1e30) or underflow for tiny updates in float32.
 
   Args:
     gamma: the largest allowed ratio of consecutive norms (> 0; 1.01 in
       APOLLO and Fira). Default 1.01.
+    limiter: "decaying_max" or "official" (static), see above. Default
+      "decaying_max".
 
   Returns:
     An `optax.GradientTransformation` with a `LimitNormGrowthState`.
 
   References:
     Chen et al., "Fira: Can We Achieve Full-rank Training of LLMs Under Low-rank Constraint?", 2024.
-    https://arxiv.org/abs/2410.01623
+    https://arxiv.org/abs/2410.01623 ; official code: https://github.com/xichen-fy/Fira
 
     Zhu et al., "APOLLO: SGD-like Memory, AdamW-level Performance", MLSys 2025.
     https://arxiv.org/abs/2412.05270 ; official code: https://github.com/zhuhanqing/APOLLO
@@ -193,23 +231,35 @@ def limit_norm_growth(gamma: jax.typing.ArrayLike = 1.01) -> optax.GradientTrans
     5.05
   """
   _checks.check_positive("gamma", gamma)
+  _check_limiter(limiter)
 
   def init_fn(params):
     return LimitNormGrowthState(
         count=jnp.zeros([], jnp.int32),
         norm=jax.tree.map(lambda p: jnp.zeros([], compute_dtype(p)), params))
 
+  def usable(a):
+    return jnp.isfinite(a) & (a > 0)
+
+  def factor(n, a, count):
+    """The divisor l of one leaf, cast to the reference's dtype (an injected gamma is
+    float64 under x64)."""
+    free = count == 0 if limiter == "official" else ~usable(a)
+    return jnp.where(free, 1.0, jnp.maximum(n / (a + _NORM_GUARD), gamma) / gamma).astype(a.dtype)
+
+  def reference(n, a, lim):
+    limited = n / lim
+    if limiter == "official":
+      return limited
+    return jnp.where(usable(a), jnp.maximum(limited, a / gamma), limited).astype(a.dtype)
+
   def update_fn(updates, state, params=None):
     del params
-    norms = jax.tree.map(lambda u, a: jnp.linalg.norm(u.astype(a.dtype)), updates, state.norm)
-    limits = jax.tree.map(
-        lambda n, a: jnp.where(
-            state.count == 0, 1.0, jnp.maximum(n / (a + _NORM_GUARD), gamma) / gamma
-        ).astype(a.dtype),  # an injected gamma is float64 under x64
-        norms, state.norm)
+    norms = jax.tree.map(lambda u, a: _safe_norm(u, a.dtype), updates, state.norm)
+    limits = jax.tree.map(lambda n, a: factor(n, a, state.count), norms, state.norm)
     new_updates = jax.tree.map(lambda u, lim: (u / lim).astype(u.dtype), updates, limits)
-    return new_updates, LimitNormGrowthState(
-        optax.safe_increment(state.count), jax.tree.map(jnp.divide, norms, limits))
+    new_norms = jax.tree.map(reference, norms, state.norm, limits)
+    return new_updates, LimitNormGrowthState(optax.safe_increment(state.count), new_norms)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
@@ -263,6 +313,7 @@ def scale_by_apollo(
     projector: Literal["gaussian", "svd"] = "gaussian",
     limit_growth: jax.typing.ArrayLike | None = 1.01,
     scale_front: bool = False,
+    limiter: Limiter = "decaying_max",
 ) -> optax.GradientTransformation:
   """APOLLO's direction (steps 1-8 of the paper's update, before -lr).
 
@@ -290,6 +341,9 @@ def scale_by_apollo(
     limit_growth: the limiter's gamma (1.01), or None to disable it. Static
       whether None. Default 1.01.
     scale_front: apply sqrt(scale) before the limiter. Static. Default False.
+    limiter: the limiter's reference rule (static, see `limit_norm_growth`):
+      "decaying_max", which a zero or tiny gradient cannot lock, or
+      "official", the APOLLO/Fira code's, which it can. Default "decaying_max".
 
   Returns:
     An `optax.GradientTransformation` (an `optax.chain`; matrix leaves only).
@@ -306,10 +360,11 @@ def scale_by_apollo(
     (4, 3)
   """
   _checks.check_positive("scale", scale)
+  _check_limiter(limiter)  # checked even when limit_growth is None
   ratios = scale_by_apollo_ratios(
       rank, update_every, granularity=granularity, b1=b1, b2=b2, eps=eps, seed=seed,
       projector=projector)
   heuristic = _scale_by_sqrt(scale)
-  limiter = () if limit_growth is None else (limit_norm_growth(limit_growth),)
-  scaled = (heuristic, *limiter) if scale_front else (*limiter, heuristic)
+  limiters = () if limit_growth is None else (limit_norm_growth(limit_growth, limiter=limiter),)
+  scaled = (heuristic, *limiters) if scale_front else (*limiters, heuristic)
   return optax.chain(ratios, *scaled, _adam_step_size(b1, b2))

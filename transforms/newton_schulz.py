@@ -11,6 +11,16 @@ using only matrix products (fast on accelerators, fine in bf16/fp32):
   iteration Y <- Y T / 2, Z <- T Z / 2 with T = 3I - Z Y, which converges
   exactly to the inverse square root of the Frobenius-scaled Gram matrix.
 
+Both take their Frobenius norms (sums of squares) of the matrix divided by
+its largest absolute entry, so that they neither overflow nor underflow:
+the result for c X is the result for X, to rounding, for any c > 0 that
+keeps c X finite (1e30 and 1e-30 in float32 included), and an all-zero
+matrix maps to zero. For a norm of at least 1 the formula is the official
+one; below 1 the eps is relative to the norm. The official
+codes' X / (||X||_F + eps) gives 0 once ||X||_F overflows (entries of ~1e19
+and more in float32), so one x1e30 gradient froze Muon while its momentum
+held it.
+
 References:
   K. Jordan et al., Muon: An optimizer for hidden layers in neural networks
   (2024). C. Ma, W. Gong, M. Scetbon, E. Meeds, SWAN: SGD with Normalization
@@ -46,10 +56,27 @@ def _check_steps(steps: int) -> None:
     raise ValueError(f"ns_steps must be an int >= 1, got {steps!r}")
 
 
+def _divide_by_norm(x, eps):
+  """X / (||X||_F + eps min(1, ||X||_F)), its norms taken of X / max|X_ij| (0 for X = 0).
+
+  Squaring X itself overflows ||X||_F to inf in float32 for entries of
+  ~1e19 and more (X / inf = 0) and flushes it to 0 below ~1e-19 (X / eps);
+  X / max|X_ij| has largest entry 1, so neither happens. For ||X||_F >= 1
+  this is the official X / (||X||_F + eps); below 1 the eps is relative,
+  so c X gives the result of X for every c > 0 (to rounding and eps).
+  """
+  peak = jnp.max(jnp.abs(x), initial=0.0)  # 0 for a zero-size matrix
+  unit = x / jnp.where(peak > 0, peak, jnp.ones_like(peak))
+  unit_norm = jnp.linalg.norm(unit)
+  # ||X|| + eps min(1, ||X||) = peak (||unit|| + eps min(1 / peak, ||unit||)).
+  denominator = unit_norm + eps * jnp.minimum(1 / peak, unit_norm)
+  return unit / jnp.where(denominator > 0, denominator, jnp.ones_like(denominator))
+
+
 @_wide
 def _quintic(x, coefficients, steps, eps):
   a, b, c = coefficients
-  x = x / (jnp.linalg.norm(x) + eps)
+  x = _divide_by_norm(x, eps)
   for _ in range(steps):
     gram = x @ x.T
     x = a * x + (b * gram + c * gram @ gram) @ x
@@ -64,15 +91,21 @@ def newton_schulz_orthogonalize(
 ) -> jax.Array:
   """Approximate polar factor of a 2-D `x` by `steps` quintic NS steps.
 
-  X <- X / (||X||_F + eps); then `steps` times X <- a X + (b A + c A^2) X
-  with A = X X^T, on the orientation whose Gram matrix is smaller.
+  X <- X / (||X||_F + eps min(1, ||X||_F)); then `steps` times
+  X <- a X + (b A + c A^2) X with A = X X^T, on the orientation whose Gram
+  matrix is smaller. The norm is taken of X / max|X_ij|, so it neither
+  overflows nor underflows in float32. For ||X||_F >= 1 this is the
+  official X / (||X||_F + eps); below 1 the eps is relative, so the result
+  is invariant to a positive factor on `x` (to rounding and eps), and an
+  all-zero `x` gives zero.
 
   Args:
     x: a 2-D array.
     coefficients: (a, b, c) of the quintic step. Default MUON_COEFFICIENTS,
       (3.4445, -4.7750, 2.0315).
     steps: number of Newton–Schulz steps. Default 5.
-    eps: added to ||X||_F in the pre-scaling. Default 1e-8.
+    eps: added to ||X||_F in the pre-scaling, times ||X||_F where that is
+      below 1. Default 1e-8.
 
   Returns:
     An array like `x`, approximately U V^T of its SVD.
@@ -88,8 +121,14 @@ def newton_schulz_orthogonalize(
 
 @_wide
 def _coupled(x, steps, eps):
+  # (G G^T)^{-1/2} G is unchanged by a positive factor on G: whiten G / max|G_ij|,
+  # with eps min(1, ||A||_F) for the A = G G^T of the original G.
+  peak = jnp.max(jnp.abs(x), initial=0.0)  # 0 for a zero-size matrix
+  x = x / jnp.where(peak > 0, peak, jnp.ones_like(peak))
   gram = x @ x.T
-  scale = jnp.linalg.norm(gram) + eps
+  unit_norm = jnp.linalg.norm(gram)
+  scale = unit_norm + eps * jnp.minimum(1 / peak**2, unit_norm)
+  scale = jnp.where(scale > 0, scale, jnp.ones_like(scale))
   eye = jnp.eye(gram.shape[0], dtype=x.dtype)
   y, z = gram / scale, eye
   for _ in range(steps):
@@ -101,14 +140,19 @@ def _coupled(x, steps, eps):
 def newton_schulz_whiten(x: jax.Array, steps: int = 10, eps: float = 1e-8) -> jax.Array:
   """(G G^T)^{-1/2} G for a 2-D `x` by `steps` coupled Newton–Schulz steps.
 
-  A = G G^T is scaled by ||A||_F (+ eps) so its eigenvalues lie in (0, 1];
+  A = G G^T is scaled by ||A||_F + eps min(1, ||A||_F) so its eigenvalues
+  lie in (0, 1], computed from G / max|G_ij| (no square overflows or
+  underflows; the result is unchanged by a positive factor on G up to
+  rounding and eps; for ||A||_F >= 1 this is the official scaling);
   Z_k -> (A / ||A||_F)^{-1/2}. Tall inputs are whitened from the right
   (G (G^T G)^{-1/2}), which gives the same polar factor with a smaller Gram.
+  An all-zero G maps to zero.
 
   Args:
     x: a 2-D array G.
     steps: number of coupled Newton–Schulz steps. Default 10.
-    eps: added to ||A||_F in the scaling. Default 1e-8.
+    eps: added to ||A||_F in the scaling, times ||A||_F where that is below
+      1. Default 1e-8.
 
   Returns:
     An array like `x`, approximately (G G^T)^{-1/2} G.
@@ -134,7 +178,8 @@ def orthogonalize_newton_schulz(
     coefficients: (a, b, c) of the quintic step. Default MUON_COEFFICIENTS,
       (3.4445, -4.7750, 2.0315).
     ns_steps: number of Newton–Schulz steps. Default 5.
-    eps: added to ||X||_F in the pre-scaling. Default 1e-8.
+    eps: added to ||X||_F in the pre-scaling (see
+      `newton_schulz_orthogonalize`). Default 1e-8.
 
   Returns:
     A state-free `optax.GradientTransformation`.
@@ -161,7 +206,8 @@ def whiten_newton_schulz(ns_steps: int = 10, eps: float = 1e-8) -> optax.Gradien
 
   Args:
     ns_steps: number of coupled Newton–Schulz steps. Default 10.
-    eps: added to ||A||_F in the scaling. Default 1e-8.
+    eps: added to ||A||_F in the scaling (see `newton_schulz_whiten`).
+      Default 1e-8.
 
   Returns:
     A state-free `optax.GradientTransformation`.

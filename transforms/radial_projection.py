@@ -20,6 +20,12 @@ class ProjectRadialState(NamedTuple):
   decay_state: optax.OptState  # optax.add_decayed_weights's (schedule count, mask)
 
 
+def _unit_peak_rows(x, axes):
+  """(x / peak, peak), peak = max |x| over `axes` per row (a zero row is divided by 1)."""
+  peak = jnp.max(jnp.abs(x), axis=axes, keepdims=True)
+  return x / jnp.where(peak > 0, peak, jnp.ones_like(peak)), peak
+
+
 def _project_view(g, d, p, axes, row_length, delta, eps):
   """Tests one view and projects d if the test fires.
 
@@ -27,15 +33,21 @@ def _project_view(g, d, p, axes, row_length, delta, eps):
   channel axis for the channel view, all axes for the layer view), so no
   transpose or reshape is materialized. Fires when
   max_i |cos(g_i, p_i)| < delta / sqrt(row_length); cos clamps each norm at
-  eps, as torch's F.cosine_similarity does.
+  eps, as torch's F.cosine_similarity does. Each row is divided by its
+  largest |entry| before anything is squared (`_unit_peak_rows`), so huge
+  (x1e30 in float32) or tiny rows give the same cosines and p_hat as the
+  exact arithmetic, not an overflowed norm (a cosine of 0, a p_hat of 0).
   """
-  g_norm = jnp.sqrt(jnp.sum(g * g, axis=axes, keepdims=True))
-  p_norm = jnp.sqrt(jnp.sum(p * p, axis=axes, keepdims=True))
-  cosine = jnp.abs(jnp.sum(g * p, axis=axes, keepdims=True)) / (
-      jnp.maximum(g_norm, eps) * jnp.maximum(p_norm, eps)
+  g_unit, g_peak = _unit_peak_rows(g, axes)
+  p_unit, p_peak = _unit_peak_rows(p, axes)
+  g_unit_norm = jnp.sqrt(jnp.sum(g_unit * g_unit, axis=axes, keepdims=True))
+  p_unit_norm = jnp.sqrt(jnp.sum(p_unit * p_unit, axis=axes, keepdims=True))
+  # max(||x||, eps) = peak * max(||x / peak||, eps / peak); eps / 0 = inf gives 0 for a zero row.
+  cosine = jnp.abs(jnp.sum(g_unit * p_unit, axis=axes, keepdims=True)) / (
+      jnp.maximum(g_unit_norm, eps / g_peak) * jnp.maximum(p_unit_norm, eps / p_peak)
   )
   fired = jnp.max(cosine) < delta / math.sqrt(row_length)
-  p_hat = p / (p_norm + eps)
+  p_hat = p_unit / (p_unit_norm + eps / p_peak)  # p / (||p|| + eps)
   tangential = d - p_hat * jnp.sum(p_hat * d, axis=axes, keepdims=True)
   return fired, tangential
 

@@ -139,8 +139,8 @@ def test_galore_after_refreshes_matches_the_official_rule(shape):
 def _apollo_oracle(grads, rank, theirs, *, lr, scale, b1=0.9, b2=0.999, eps=1e-6):
   """apollo_torch AdamW with proj="svd", proj_type "std", scale_type "channel":
   exp_avg, exp_avg_sq of R kept across refreshes; s = ||N|| / (||R|| + 1e-8)
-  along norm_dim (1 for a tall G, 0 for a wide one); Fira's limiter (1.01) on
-  G * s; times sqrt(scale); p -= lr sqrt(1 - b2^t) / (1 - b1^t) * that."""
+  along norm_dim (1 for a tall G, 0 for a wide one); Fira's limiter (1.01,
+  `limiter="official"`) on G * s; times sqrt(scale); p -= lr sqrt(1 - b2^t) / (1 - b1^t) * that."""
   out, m, v, last = [], 0.0, 0.0, None
   for k, g in enumerate(grads):
     tall = g.shape[0] >= g.shape[1]
@@ -169,7 +169,7 @@ def _apollo_oracle(grads, rank, theirs, *, lr, scale, b1=0.9, b2=0.999, eps=1e-6
 def test_apollo_svd_after_refreshes_matches_the_official_rule(shape):
   grads, rank, lr, scale = _grads(shape, 1), 2, 0.1, 4.0
   tx = gradkit.create("apollo", learning_rate=lr, rank=rank, update_proj_gap=GAP, scale=scale,
-                      projector="svd")
+                      projector="svd", limiter="official")
   got, theirs = _run(tx, np.zeros(shape), grads, ScaleByApolloRatiosState)
   want = _apollo_oracle(grads, rank, theirs, lr=lr, scale=scale)
   _assert_steps_close(got, want)

@@ -108,38 +108,110 @@ def test_sheet_oracle_3_limiter_grows_norms_by_exactly_one_percent():
                              rtol=3e-5)
 
 
-def _limiter_oracle(norm_sequences, gamma):
-  """Fira's limiter on per-leaf norms, float64: the factor that divides each update."""
+def _limit(norm, a, gamma, limiter):
+  """One step of the limiter in float64: (divisor, next reference); a is None at the start.
+
+  "official" is Fira's and APOLLO's code (the reference is the last limited
+  norm); "decaying_max" keeps max(limited norm, a / gamma) and lets a step
+  pass when the reference is 0 or not finite.
+  """
+  if a is None or (limiter == "decaying_max" and not (np.isfinite(a) and a > 0)):
+    return 1.0, norm
+  limit = max(norm / (a + 1e-8), gamma) / gamma
+  limited = norm / limit
+  return limit, limited if limiter == "official" else max(limited, a / gamma)
+
+
+def _limiter_oracle(norm_sequences, gamma, limiter):
+  """The limiter on per-leaf norms, float64: the factor that divides each update."""
   out = []
   for norms in norm_sequences:
     factors, a = [], None
     for n in norms:
-      limit = 1.0 if a is None else max(n / (a + 1e-8), gamma) / gamma
-      a = n / limit
+      limit, a = _limit(n, a, gamma, limiter)
       factors.append(limit)
     out.append(factors)
   return out
 
 
-def test_limit_norm_growth_keeps_per_leaf_memory():
+@pytest.mark.parametrize("limiter", ["decaying_max", "official"])
+def test_limit_norm_growth_keeps_per_leaf_memory(limiter):
   x = np.array([3.0, 4.0])
   y = np.arange(1.0, 7.0).reshape(2, 3)
   multipliers = {"x": [1.0, 5.0, 0.5, 0.6, 0.6], "y": [2.0, 1.0, 1.5, 1.5, 0.1]}
   grads = [{"x": _f32(mx * x), "y": _f32(my * y)}
            for mx, my in zip(multipliers["x"], multipliers["y"])]
-  out, state = _run(limit_norm_growth(1.05), grads)
+  out, state = _run(limit_norm_growth(1.05, limiter=limiter), grads)
   factors = dict(zip("xy", _limiter_oracle(
       [np.array(multipliers["x"]) * 5.0, np.array(multipliers["y"]) * np.linalg.norm(y)],
-      1.05)))
+      1.05, limiter)))
   assert factors["x"][1] > 1 and factors["x"][2] == 1 and factors["y"][1] == 1
   for t, u in enumerate(out):
     np.testing.assert_allclose(u["x"], multipliers["x"][t] * x / factors["x"][t], rtol=1e-6)
     np.testing.assert_allclose(u["y"], multipliers["y"][t] * y / factors["y"][t], rtol=1e-6)
-  np.testing.assert_allclose(state.norm["x"], np.linalg.norm(out[-1]["x"]), rtol=1e-6)
+  if limiter == "official":
+    np.testing.assert_allclose(state.norm["x"], np.linalg.norm(out[-1]["x"]), rtol=1e-6)
   assert int(state.count) == len(grads)
 
 
-def _numpy_apollo(grads, projectors, *, granularity, scale, eps, gamma):
+def _norms_after_a_faulted_step(limiter, fault, gamma=1.01, steps=6):
+  """Output norms of the limiter over unit-norm updates with `fault` x the update at step 2."""
+  tx = limit_norm_growth(gamma, limiter=limiter)
+  grads = [_f32(np.array([0.6, 0.8]) * (fault if t == 1 else 1.0)) for t in range(steps)]
+  out, state = _run(tx, grads)
+  return np.array([np.linalg.norm(u) for u in out]), state
+
+
+@pytest.mark.parametrize("fault", [0.0, 1e-30])
+def test_official_limiter_locks_after_a_zero_or_tiny_step(fault):
+  # Documented behaviour of Fira's and APOLLO's rule: the reference becomes
+  # the tiny norm, so the next update is capped at gamma (tiny + 1e-8).
+  norms, _ = _norms_after_a_faulted_step("official", fault)
+  (want,) = _limiter_oracle([[1.0, fault, 1.0, 1.0, 1.0, 1.0]], 1.01, "official")
+  np.testing.assert_allclose(norms[2:], 1.0 / np.array(want[2:]), rtol=1e-5)
+  assert np.all(norms[2:] < 1e-7)
+
+
+@pytest.mark.parametrize("fault", [0.0, 1e-30])
+def test_default_limiter_lets_the_next_step_through_after_a_zero_or_tiny_step(fault):
+  norms, state = _norms_after_a_faulted_step("decaying_max", fault)
+  assert norms[1] <= 1e-29
+  np.testing.assert_allclose(norms[[0, 2, 3, 4, 5]], 1.0, rtol=1e-6)
+  np.testing.assert_allclose(state.norm, 1.0, rtol=1e-6)
+
+
+def test_default_limiter_reference_falls_by_at_most_gamma_per_step():
+  # After a drop to 1e-3 the reference decays 1, 1/1.01, 1/1.01^2 instead of
+  # following the drop, so the return to 1 is capped at 1.01 / 1.01^2 only.
+  grads = [_f32([1.0]), _f32([1e-3]), _f32([1e-3]), _f32([1.0]), _f32([2.0])]
+  out, state = _run(limit_norm_growth(1.01), grads)
+  norms = [float(np.abs(u[0])) for u in out]
+  np.testing.assert_allclose(norms[:3], [1.0, 1e-3, 1e-3], rtol=1e-6)
+  np.testing.assert_allclose(norms[3], 1.0 / 1.01, rtol=1e-6)  # 1.01 * (1 / 1.01^2)
+  np.testing.assert_allclose(norms[4], 1.0, rtol=1e-6)  # 1.01 * (1 / 1.01)
+  np.testing.assert_allclose(state.norm, 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("limiter", ["decaying_max", "official"])
+def test_limiter_norms_do_not_overflow_for_a_huge_update(limiter):
+  # ||1e30 u|| overflows float32 when squared; the limiter caps the step at
+  # gamma times the previous norm all the same.
+  grads = [_f32([3.0, 4.0]), _f32([3e30, 4e30]), _f32([3.0, 4.0])]
+  out, state = _run(limit_norm_growth(1.01, limiter=limiter), grads)
+  norms = [float(np.linalg.norm(np.asarray(u, np.float64))) for u in out]
+  np.testing.assert_allclose(norms, [5.0, 5.05, 5.0], rtol=1e-6)
+  assert np.isfinite(state.norm)
+
+
+def test_default_limiter_lets_a_step_pass_after_a_non_finite_reference():
+  tx = limit_norm_growth(1.01)
+  state = tx.init(jnp.zeros(2))._replace(norm=jnp.float32(jnp.nan), count=jnp.int32(3))
+  u, state = jax.jit(tx.update)(_f32([30.0, 40.0]), state)
+  np.testing.assert_allclose(u, [30.0, 40.0])
+  np.testing.assert_allclose(state.norm, 50.0, rtol=1e-6)
+
+
+def _numpy_apollo(grads, projectors, *, granularity, scale, eps, gamma, limiter="official"):
   """Steps 1-8 of the APOLLO sheet in float64, given each step's projector."""
   m_, v_, a, out = 0.0, 0.0, None, []
   for t, (g, p) in enumerate(zip(grads, projectors), start=1):
@@ -156,9 +228,8 @@ def _numpy_apollo(grads, projectors, *, granularity, scale, eps, gamma):
            / (np.linalg.norm(r, axis=axis, keepdims=True) + 1e-8))
     update = s * g
     if gamma is not None:
-      norm = np.linalg.norm(update)
-      limit = 1.0 if a is None else max(norm / (a + 1e-8), gamma) / gamma
-      update, a = update / limit, norm / limit
+      limit, a = _limit(np.linalg.norm(update), a, gamma, limiter)
+      update = update / limit
     out.append(_step_size(t) * np.sqrt(scale) * update)
   return out
 
@@ -166,13 +237,14 @@ def _numpy_apollo(grads, projectors, *, granularity, scale, eps, gamma):
 SHAPES = {"tall": (7, 4), "wide": (3, 8), "kernel": (2, 3, 5)}
 
 
+@pytest.mark.parametrize("limiter", ["decaying_max", "official"])
 @pytest.mark.parametrize("granularity,rank,scale", [("channel", 2, 1.0), ("tensor", 1, 128.0)])
-def test_matches_numpy_port_across_projector_refreshes(granularity, rank, scale):
+def test_matches_numpy_port_across_projector_refreshes(granularity, rank, scale, limiter):
   """Six steps with T = 2: P is redrawn at steps 1, 3, 5; moments are carried."""
   rng = np.random.default_rng(0)
   grads = [{k: rng.normal(size=s) * rng.uniform(0.5, 3.0) for k, s in SHAPES.items()}
            for _ in range(6)]
-  tx = scale_by_apollo(rank, 2, granularity=granularity, scale=scale, seed=3)
+  tx = scale_by_apollo(rank, 2, granularity=granularity, scale=scale, seed=3, limiter=limiter)
   update = jax.jit(tx.update)
   state = tx.init(jax.tree.map(lambda g: jnp.zeros(g.shape), grads[0]))
   out, projectors = [], []
@@ -185,7 +257,7 @@ def test_matches_numpy_port_across_projector_refreshes(granularity, rank, scale)
     assert [np.array_equal(a, b) for a, b in zip(ps, ps[1:])] == [True, False] * 2 + [True]
     expected = _numpy_apollo(
         [g[k].reshape(-1, g[k].shape[-1]) for g in grads], ps,
-        granularity=granularity, scale=scale, eps=1e-6, gamma=1.01)
+        granularity=granularity, scale=scale, eps=1e-6, gamma=1.01, limiter=limiter)
     for u, e in zip(out, expected):
       np.testing.assert_allclose(u[k], e.reshape(SHAPES[k]), rtol=2e-4, atol=1e-6)
 
@@ -267,6 +339,16 @@ def test_invalid_hyperparameters_raise(kwargs):
   kwargs = {"rank": 2, **kwargs}
   with pytest.raises(ValueError):
     scale_by_apollo(**kwargs)
+
+
+@pytest.mark.parametrize("build", [
+    lambda: limit_norm_growth(limiter="fira"),
+    lambda: scale_by_apollo(2, limiter="fira"),
+    lambda: scale_by_apollo(2, limit_growth=None, limiter="fira"),
+])
+def test_unknown_limiter_rule_is_rejected(build):
+  with pytest.raises(ValueError, match="limiter must be one of"):
+    build()
 
 
 def test_limiter_rejects_non_positive_gamma():

@@ -4,7 +4,8 @@ The official optimizer (zhuhanqing/APOLLO, apollo_torch/apollo.py) reads
 rank, update_proj_gap and scale from each parameter's group; here they are
 rules fn(path, shape). Oracle: that step re-derived in numpy float64 for
 each leaf with its own values (SVD projector, svd_projector.py "std";
-channel ratios; Fira's limiter; sqrt(scale); Adam's step-size correction).
+channel ratios; Fira's limiter, `limiter="official"`; sqrt(scale); Adam's
+step-size correction).
 Each singular vector takes gradkit's sign after the oracle checks it is
 gradkit's up to sign (the moments are carried across refreshes, so the
 trajectory depends on the SVD's sign convention).
@@ -90,9 +91,10 @@ def test_each_leaf_follows_its_own_groups_rule(build):
   rules = dict(rank=_rule(0), update_proj_gap=_rule(1), scale=_rule(2))
   if build == "transform":
     tx = optax.chain(scale_by_apollo(rules["rank"], rules["update_proj_gap"],
-                                     scale=rules["scale"], projector="svd"), optax.scale(-lr))
+                                     scale=rules["scale"], projector="svd", limiter="official"),
+                     optax.scale(-lr))
   else:  # the registered factory passes the rules through unchanged
-    tx = gradkit.create("apollo", learning_rate=lr, projector="svd",
+    tx = gradkit.create("apollo", learning_rate=lr, projector="svd", limiter="official",
                         param_labels={"attn": "matrix", "mlp": "matrix"}, **rules)
   got, theirs, state = _run(tx, grads)
   ratios = _find(state)

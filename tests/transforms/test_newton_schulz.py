@@ -108,6 +108,40 @@ def test_orthogonalize_transform_views_a_conv_kernel_as_fan_in_by_out():
   np.testing.assert_allclose(out["k"].reshape(18, 4), _ns5(kernel.reshape(18, 4)), atol=1e-6)
 
 
+# --- scale invariance: huge, tiny and zero inputs -----------------------------
+
+SCALED = {
+    "orthogonalize": jax.jit(newton_schulz_orthogonalize),
+    "whiten": jax.jit(newton_schulz_whiten),
+}
+
+
+@pytest.mark.parametrize("fn", sorted(SCALED))
+@pytest.mark.parametrize("shape", [(6, 3), (3, 6), (5, 5)])
+@pytest.mark.parametrize("c", [1e30, 1e-30, 1e19, 1e-20])
+def test_ns_of_a_scaled_matrix_is_the_ns_of_the_matrix(fn, shape, c):
+  # In float32 ||c X||_F overflows above ~1e19 per entry (X / inf = 0: Muon
+  # froze after one x1e30 gradient; SWAN's Gram matrix gave NaN) and
+  # underflows below ~1e-19 (X / eps instead of a unit-norm X).
+  x = jnp.asarray(np.random.default_rng(shape[0]).normal(size=shape), jnp.float32)
+  want = SCALED[fn](x)
+  np.testing.assert_allclose(SCALED[fn](x * jnp.float32(c)), want, atol=2e-6)
+
+
+@pytest.mark.parametrize("fn", sorted(SCALED))
+def test_ns_of_zero_is_zero(fn):
+  out = SCALED[fn](jnp.zeros((4, 3), jnp.float32))
+  np.testing.assert_array_equal(out, 0.0)
+
+
+@pytest.mark.parametrize("tx", [orthogonalize_newton_schulz(), whiten_newton_schulz()])
+def test_transforms_give_a_x1e30_gradient_the_step_of_the_gradient(tx):
+  g = {"k": jnp.asarray(RNG.normal(size=(3, 2, 4)), jnp.float32)}  # viewed as (6, 4)
+  want, _ = jax.jit(tx.update)(g, tx.init(None))
+  got, _ = jax.jit(tx.update)(jax.tree.map(lambda x: x * 1e30, g), tx.init(None))
+  np.testing.assert_allclose(got["k"], want["k"], atol=2e-6)
+
+
 # --- coupled whitening (SWAN's GradWhitening) ---------------------------------
 
 GRADNORM = np.array([[-0.4472136, 0.4472136, 1.3416408, -1.3416408],

@@ -110,6 +110,19 @@ def test_projection_matches_official_rule_and_is_tangential(kind, rows, seed):
     assert np.abs(np.sum(p_hat * np.sign(g).reshape(rows, -1))).max() > 0.1
 
 
+@pytest.mark.parametrize("kind,rows", [("channel", 4), ("layer", 1), ("none", None)])
+@pytest.mark.parametrize("g_scale,p_scale", [(1e30, 1.0), (1.0, 1e25)])
+def test_huge_gradients_or_weights_give_the_unscaled_decision(kind, rows, g_scale, p_scale):
+  # Their squares overflow float32 (1e60, 1e50). Norms taken naively gave
+  # cos = 0 (every view fired, "none" included) for the huge gradient and
+  # p_hat = 0 (nothing projected) for the huge weights.
+  p, g = _case(kind, np.random.default_rng(0))
+  want, _, fired_rows = _torch_projection(p, g, g)
+  assert fired_rows == rows
+  d = _step(project_radial(optax.identity()), _f32(p.T * p_scale), _f32(g.T * g_scale))
+  np.testing.assert_allclose(np.asarray(d, np.float64).T / g_scale, want, rtol=1e-5, atol=1e-6)
+
+
 def test_channels_are_grouped_by_the_last_flax_axis():
   # Out-channel grouping fires the channel view; grouping by the input axis
   # would not, and falls back to the layer view with a different result.
