@@ -13,8 +13,11 @@ radius gamma adapts: the trial x+ = x + delta is accepted when
 accepted with a zero step); an accepted step doubles gamma (the next step's
 first guess), a rejected one halves it (not below gamma_min) and retries, at
 most `max_tries` times, all inside one `lax.while_loop`. If every try is
-rejected the step is zero (x stays, as the original reference) and gamma
-keeps its last halved value.
+rejected the step is zero (x stays, as the original reference), and the next
+step starts from half the radius this one started from (the reference keeps
+the last halved value, gamma 2^-max_tries smaller: after one null or tiny
+gradient it sat at gamma_min, where float32 rounding rejects every trial, so
+training stopped for good).
 
 H is the exact Hessian (Hessian-vector products), the Gauss-Newton matrix
 (needs `model_fn=` and `loss_of_outputs=`) or the empirical Fisher (needs
@@ -140,6 +143,8 @@ def scale_by_approx_newton(
                       f"{', '.join(missing)}")
     if params is None:
       raise ValueError("approx_newton needs params in update")
+    if not jax.tree.leaves(updates):  # nothing to train: no step search (cg needs a leaf)
+      return updates, state
     # Every scalar of the loop takes one dtype, whatever the dtype of a
     # (possibly injected, so float64 under x64) hyperparameter: lax.while_loop
     # needs its carry's dtypes unchanged.
@@ -176,6 +181,12 @@ def scale_by_approx_newton(
         keep_trying, trial,
         (jnp.zeros([], jnp.int32), state.gamma.astype(dtype), jnp.zeros([], bool),
          jnp.zeros([], dtype), jax.tree.map(jnp.zeros_like, g)))
+    # A step whose every trial failed carries gamma over halved once, not
+    # 2^max_tries times: one null or tiny gradient (no trial can pass, as the
+    # true gradient at x+ is not small) would otherwise leave gamma near
+    # gamma_min, where each trial's loss decrease is below float32 rounding
+    # and no step is accepted again.
+    gamma = jnp.where(accepted, gamma, jnp.maximum(0.5 * state.gamma.astype(dtype), floor))
     out = jax.tree.map(
         lambda s, u: jnp.where(finite, jnp.where(accepted, s, 0.0), jnp.nan).astype(u.dtype),
         step, updates)

@@ -188,12 +188,6 @@ CONTINUE_HPARAMS = {"sgdp": {"learning_rate": 1e-3}, "trp": {"learning_rate": 1e
 # (name, fault): the measured reason it still stops. Each must keep failing
 # (so that a fix removes it from here).
 CONTINUE_EXCEPTIONS = {
-    ("approx_newton", "zero"): (
-        "every trial step of the null gradient fails the acceptance test, so gamma halves 40 "
-        "times to gamma_min = 1e-9; then lambda = |g| / gamma makes each trial step ~1e-9, "
-        "whose loss decrease float32 rounds to 0, so no step is accepted again (path 0 over 40 "
-        "steps; second_order/approx_newton.py)"),
-    ("approx_newton", "x1e-30"): "as for the zero gradient",
     ("adahessian", "x1e30"): (
         "its step m / sqrt(v) is linear in g (v is the Hessian diagonal's), so x1e30 moves the "
         "kernel to ~4e29, where the float32 loss is inf, and the guard's loss check (it gets "
