@@ -19,9 +19,20 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def _concrete(value: Any) -> float | None:
+def _concrete(name: str, value: Any, accepted: str = "a real number") -> float | None:
+  """`value` as a float; None for a schedule or a tracer (not inspectable).
+
+  Anything else that is not a real number (None, a string, a sequence, a
+  complex number, a bool, an array with more than one element) is a
+  TypeError naming `name` and saying what `accepted` values are.
+  """
   if callable(value) or isinstance(value, jax.core.Tracer):
     return None
+  real = isinstance(value, numbers.Number | np.generic | np.ndarray | jax.Array) and (
+      jnp.issubdtype(jnp.result_type(value), jnp.floating)  # bfloat16 and float8 too
+      or jnp.issubdtype(jnp.result_type(value), jnp.integer))
+  if not real or np.ndim(value) != 0:
+    raise TypeError(f"{name} must be {accepted}, got {value!r} ({type(value).__name__})")
   return float(np.asarray(value))
 
 
@@ -45,16 +56,60 @@ def _check_not_flushed_to_zero(name: str, value: Any, v: float) -> None:
 
 def check_non_negative(name: str, value: Any) -> None:
   """Raises ValueError if a concrete `value` is negative, not finite, or 0 in float32 but not 0."""
-  v = _concrete(value)
+  v = _concrete(name, value)
   if v is not None and not (np.isfinite(v) and v >= 0.0):
     raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
   if v is not None:
     _check_not_flushed_to_zero(name, value, v)
 
 
+def check_rate(name: str, value: Any) -> None:
+  """Raises unless `value` is an `optax.ScalarOrSchedule` >= 0: a finite real number
+  (0 in float32 only if 0) or a schedule (any callable; a tracer passes too).
+
+  A wrong type (None, a string, a list, a complex number) is a TypeError, a
+  negative or non-finite number a ValueError; both name `name` and say what
+  is accepted. A schedule's values exist only inside the step: the recipe
+  tail (`optimizers/_recipe.py`) turns a negative or non-finite one into a
+  NaN update.
+  """
+  accepted = "a finite number >= 0 or an optax schedule (a callable count -> value)"
+  v = _concrete(name, value, accepted)
+  if v is not None and not (np.isfinite(v) and v >= 0.0):
+    raise ValueError(f"{name} must be {accepted}, got {value!r}")
+  if v is not None:
+    _check_not_flushed_to_zero(name, value, v)
+
+
+_ZERO_BY_ZERO = "an exactly-zero gradient entry divides 0 by 0 (a NaN update)"
+# `check_eps`'s `why` for the perturbation scale of SPSA / MeZO estimators.
+FINITE_DIFFERENCE = "the finite difference (f(p + eps z) - f(p - eps z)) / (2 eps) divides by 0"
+
+
+def check_eps(name: str, value: Any, suggested: float = 1e-8, why: str = _ZERO_BY_ZERO) -> None:
+  """Raises ValueError unless a concrete `value` is a finite number > 0 (in float32 too).
+
+  For an eps that a division needs: with eps = 0 an exactly-zero gradient
+  entry (a dead unit, an unused embedding row) divides 0 by 0, a NaN update.
+
+  Args:
+    name: the user's argument name, for the error message.
+    value: the value given (a tracer, as under `optax.inject_hyperparams`, passes).
+    suggested: the positive value the error suggests (the factory's default).
+    why: what goes wrong at 0, for the error message.
+  """
+  v = _concrete(name, value)
+  if v is not None and not (np.isfinite(v) and v > 0.0):
+    raise ValueError(
+        f"{name} must be a finite number > 0, got {value!r}: with {name} = 0 {why}; use a "
+        f"small positive value such as {suggested:g}")
+  if v is not None:
+    _check_not_flushed_to_zero(name, value, v)
+
+
 def check_positive(name: str, value: Any) -> None:
   """Raises ValueError if a concrete `value` is not a finite number > 0 (in float32 too)."""
-  v = _concrete(value)
+  v = _concrete(name, value)
   if v is not None and not (np.isfinite(v) and v > 0.0):
     raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
   if v is not None:
@@ -76,7 +131,7 @@ def check_finite_numbers(name: str, values: Any, *, length: int) -> None:
   if items is None or len(items) != length:
     raise ValueError(f"{name} must hold {length} numbers, got {values!r}")
   for v in items:
-    c = _concrete(v)
+    c = _concrete(name, v, "a sequence of real numbers")
     if c is not None and not np.isfinite(c):
       raise ValueError(f"{name} must hold finite numbers, got {values!r}")
 
@@ -121,7 +176,7 @@ def check_unit_interval(name: str, value: Any, *, closed: bool = False) -> None:
   forget and make `1 - b**t` zero: without x64 it is rejected, naming the
   largest float32 below 1.
   """
-  v = _concrete(value)
+  v = _concrete(name, value)
   if v is None:
     return
   ok = 0.0 <= v <= 1.0 if closed else 0.0 <= v < 1.0

@@ -127,8 +127,11 @@ def register(name: str, *, replace: bool = False) -> Callable[[Factory], Factory
     The decorator; it registers the factory and returns it unchanged, except
     that gradkit's own factories (defined in a `gradkit.` module) are wrapped
     so that their optimizer leaves integer, bool and float0 leaves alone
-    (`gradkit.transforms.float_leaves.float_leaves_only`; same signature
-    and docstring).
+    (`gradkit.transforms.float_leaves.float_leaves_only`) and checks its
+    update's inputs while tracing: gradients against params, the state
+    against what `init` makes for these parameters, losses are scalars
+    (`gradkit.transforms.tree_checks.check_update_inputs`); same signature
+    and docstring.
 
   Raises:
     ValueError: `name` is empty or starts with "optax.".
@@ -168,14 +171,29 @@ def register(name: str, *, replace: bool = False) -> Callable[[Factory], Factory
 
 
 def _leaving_non_float_leaves_alone(factory: Factory) -> Factory:
-  """gradkit's own factory, its optimizer wrapped in `float_leaves_only` (same signature)."""
+  """gradkit's own factory, its optimizer wrapped in `float_leaves_only` and
+  `check_update_inputs` (same signature); every argument annotated
+  `optax.ScalarOrSchedule` is checked first (`_checks.check_rate`: a number
+  >= 0 or a schedule; None only where it is the default)."""
   if getattr(factory, "_gradkit_float_leaves_only", False):
     return factory
+  signature = inspect.signature(factory)
+  rates = [(name, p.default is None) for name, p in signature.parameters.items()
+           if "ScalarOrSchedule" in str(p.annotation)]
 
   @functools.wraps(factory)
   def build(*args: Any, **kwargs: Any) -> optax.GradientTransformation:
+    from gradkit import _checks  # noqa: PLC0415
     from gradkit.transforms import float_leaves_only  # noqa: PLC0415
-    return float_leaves_only(factory(*args, **kwargs))
+    try:
+      given = signature.bind_partial(*args, **kwargs).arguments
+    except TypeError:  # the factory's own call raises it
+      given = {}
+    for name, none_is_default in rates:
+      if name in given and not (given[name] is None and none_is_default):
+        _checks.check_rate(name, given[name])
+    from gradkit.transforms.tree_checks import check_update_inputs  # noqa: PLC0415
+    return check_update_inputs(float_leaves_only(factory(*args, **kwargs)))
 
   build._gradkit_float_leaves_only = True
   return build

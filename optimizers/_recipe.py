@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from gradkit import _checks
@@ -31,13 +32,40 @@ def optax_alias(name: str, value: Any, default: Any, alias: str, alias_value: An
   return alias_value
 
 
+def _nan_unless_valid(rate: Any) -> jax.Array:
+  return jnp.where(jnp.isfinite(rate) & (rate >= 0), rate, jnp.nan)
+
+
+def checked_rate(name: str, rate: optax.ScalarOrSchedule) -> optax.ScalarOrSchedule:
+  """`rate` checked when the optimizer is built; its unknown values made NaN if invalid.
+
+  A number is checked now (`_checks.check_rate`) and returned as is. A
+  schedule's values, and a traced value (as `optax.inject_hyperparams`
+  passes a scheduled hyperparameter), exist only inside the step: a
+  negative or non-finite one becomes NaN there, so the update is NaN
+  (visible; `gradkit.guard` and `optax.apply_if_finite` skip the step)
+  instead of an ascent step or a silent stall. Valid values are unchanged.
+
+  Args:
+    name: the user's argument name, for the error message.
+    rate: a learning rate or weight decay: a number, a schedule or a tracer.
+
+  Returns:
+    `rate`, or a schedule / array equal to it where it is valid.
+  """
+  _checks.check_rate(name, rate)
+  if callable(rate):
+    return lambda count: _nan_unless_valid(rate(count))
+  if isinstance(rate, jax.core.Tracer):
+    return _nan_unless_valid(rate)
+  return rate
+
+
 def _tail(
     learning_rate: optax.ScalarOrSchedule, weight_decay: optax.ScalarOrSchedule, mask: MaskOrFn
 ) -> tuple[optax.GradientTransformation, ...]:
-  _checks.check_non_negative("learning_rate", learning_rate)
-  _checks.check_non_negative("weight_decay", weight_decay)
-  return (optax.add_decayed_weights(weight_decay, mask),
-          optax.scale_by_learning_rate(learning_rate))
+  return (optax.add_decayed_weights(checked_rate("weight_decay", weight_decay), mask),
+          optax.scale_by_learning_rate(checked_rate("learning_rate", learning_rate)))
 
 
 def descend(
@@ -50,7 +78,8 @@ def descend(
 
   Decay is optax.add_decayed_weights with `mask` (AdamW/Lion style), the step
   optax.scale_by_learning_rate. Both rates accept schedules; negative
-  constants are rejected here, when the optimizer is built.
+  constants are rejected here, when the optimizer is built, and a negative
+  or non-finite scheduled value makes the update NaN (`checked_rate`).
   """
   return optax.chain(*direction, *_tail(learning_rate, weight_decay, _restricted(mask)))
 

@@ -72,7 +72,7 @@ def adan(
   _checks.check_unit_interval("b1", b1)
   _checks.check_unit_interval("b2", b2)
   _checks.check_unit_interval("b3", b3)
-  _checks.check_non_negative("eps", eps)
+  _checks.check_eps("eps", eps)
   tx = recipe(
       scale_by_adan_official(b1, b2, b3, eps),
       learning_rate=learning_rate, weight_decay=weight_decay, mask=mask,

@@ -28,6 +28,7 @@ from typing import Literal
 
 import optax
 
+from gradkit import _checks
 from gradkit.optimizers._recipe import LabelsOrFn, MaskOrFn, descend, matrix_or_fallback
 from gradkit.registry import register
 from gradkit.transforms.apollo import Granularity, Limiter, scale_by_apollo
@@ -37,6 +38,15 @@ from gradkit.transforms.moments import scale_by_adam_eps_before_correction
 Projector = Literal["gaussian", "svd"]
 RANK = 256  # the paper's 350M, 1B and 7B recipes
 UPDATE_PROJ_GAP = 200  # the projector's default and every recipe's
+
+
+def _check_limit_growth(limit_growth: float | None) -> None:
+  """ValueError naming `limit_growth` (the limiter calls it gamma) unless None or > 0."""
+  if isinstance(limit_growth, bool):
+    raise ValueError(f"limit_growth must be None (no norm-growth limiter) or a number > 0 "
+                     f"(the largest growth of the update norm per step), got {limit_growth!r}")
+  if limit_growth is not None:
+    _checks.check_positive("limit_growth", limit_growth)
 
 
 def _apollo_recipe(
@@ -50,6 +60,7 @@ def _apollo_recipe(
 ) -> optax.GradientTransformationExtraArgs:
   """APOLLO on "matrix" leaves, the official AdamW fallback on the rest."""
   check_positive_int("update_proj_gap", update_proj_gap)
+  _check_limit_growth(apollo_options["limit_growth"])
   matrix_rule = scale_by_apollo(
       RANK if rank is None else rank,
       UPDATE_PROJ_GAP if update_proj_gap is None else update_proj_gap,

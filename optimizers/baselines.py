@@ -46,7 +46,7 @@ def adamw(
   """
   _checks.check_unit_interval("b1", b1)
   _checks.check_unit_interval("b2", b2)
-  _checks.check_non_negative("eps", eps)
+  _checks.check_eps("eps", eps)
   return recipe(
       optax.scale_by_adam(b1, b2, eps),
       learning_rate=learning_rate, weight_decay=weight_decay, mask=mask,

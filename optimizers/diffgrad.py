@@ -5,7 +5,7 @@ from __future__ import annotations
 import optax
 
 from gradkit import _checks
-from gradkit.optimizers._recipe import MaskOrFn, recipe
+from gradkit.optimizers._recipe import MaskOrFn, checked_rate, recipe
 from gradkit.registry import register
 from gradkit.transforms.friction import scale_by_friction
 from gradkit.transforms.moments import scale_by_adam_eps_before_correction
@@ -61,8 +61,7 @@ def diffgrad(
   """
   _checks.check_unit_interval("b1", b1)
   _checks.check_unit_interval("b2", b2)
-  _checks.check_non_negative("eps", eps)
-  _checks.check_non_negative("weight_decay", weight_decay)
+  _checks.check_eps("eps", eps)
   if not isinstance(decoupled_weight_decay, bool):
     raise ValueError(
         f"decoupled_weight_decay must be a bool, got {decoupled_weight_decay!r}")
@@ -70,4 +69,5 @@ def diffgrad(
   if decoupled_weight_decay:
     return recipe(direction, learning_rate=learning_rate, weight_decay=weight_decay, mask=mask)
   return recipe(
-      optax.add_decayed_weights(weight_decay, mask), direction, learning_rate=learning_rate)
+      optax.add_decayed_weights(checked_rate("weight_decay", weight_decay), mask), direction,
+      learning_rate=learning_rate)

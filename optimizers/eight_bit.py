@@ -24,7 +24,7 @@ from __future__ import annotations
 import optax
 
 from gradkit import _checks
-from gradkit.optimizers._recipe import MaskOrFn, recipe
+from gradkit.optimizers._recipe import MaskOrFn, checked_rate, recipe
 from gradkit.registry import register
 from gradkit.transforms.moments import scale_by_adabelief
 from gradkit.transforms.quantized_state import KeepFp32, quantized
@@ -93,7 +93,7 @@ def adam8bit(
   """
   _checks.check_unit_interval("b1", b1)
   _checks.check_unit_interval("b2", b2)
-  _checks.check_non_negative("eps", eps)
+  _checks.check_eps("eps", eps)
   return recipe(
       _eight_bit(optax.scale_by_adam(b1, b2, eps), block_size, min_size, keep_fp32),
       learning_rate=learning_rate, weight_decay=weight_decay, mask=mask,
@@ -256,9 +256,9 @@ def momentum8bit(
   direction = _eight_bit(optax.trace(decay=momentum), block_size, min_size, keep_fp32)
   if decoupled_weight_decay:
     return recipe(direction, learning_rate=learning_rate, weight_decay=weight_decay, mask=mask)
-  _checks.check_non_negative("weight_decay", weight_decay)
   return recipe(
-      optax.add_decayed_weights(weight_decay, mask), direction, learning_rate=learning_rate)
+      optax.add_decayed_weights(checked_rate("weight_decay", weight_decay), mask), direction,
+      learning_rate=learning_rate)
 
 
 @register("adabelief8bit")

@@ -28,7 +28,13 @@ import optax
 from gradkit import _checks
 from gradkit.optimizers._recipe import LabelsOrFn, MaskOrFn, matrix_recipe
 from gradkit.registry import register
-from gradkit.transforms.low_rank import Side, check_positive_int, project_low_rank, resolve_side
+from gradkit.transforms.low_rank import (
+    Side,
+    check_positive_int,
+    check_side,
+    project_low_rank,
+    resolve_side,
+)
 
 DENSITY = 0.25  # official class, CLI and recipe default
 UPDATE_GAP = 200  # official class default and pre-training recipes
@@ -109,8 +115,9 @@ def frugal(
     https://github.com/fzmushko/FRUGAL
   """
   rho = _checks.check_static_fraction("density", DENSITY if density is None else density)
-  _checks.check_non_negative("eps", eps)
+  _checks.check_eps("eps", eps)
   check_positive_int("update_gap", update_gap)
+  check_side("proj_side", proj_side)
   if proj_type not in _KINDS:
     raise ValueError(f"proj_type must be one of {tuple(_KINDS)}, got {proj_type!r}")
   if inactive_update_rule not in _RULES:

@@ -50,6 +50,7 @@ from gradkit.transforms.low_rank import (
     Scale,
     Side,
     check_positive_int,
+    check_side,
     project_low_rank,
 )
 from gradkit.transforms.moments import scale_by_adam_eps_before_correction
@@ -120,6 +121,7 @@ def galore(
     https://arxiv.org/abs/2403.03507 ; official code: https://github.com/jiaweizzhao/GaLore
   """
   check_positive_int("update_proj_gap", update_proj_gap)
+  check_side("proj_type", proj_type)
   adam = _hf_adam(b1, b2, eps)
   subspace = project_low_rank(
       adam,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import optax
 
 from gradkit import _checks
-from gradkit.optimizers._recipe import MaskOrFn
+from gradkit.optimizers._recipe import MaskOrFn, checked_rate
 from gradkit.registry import register
 from gradkit.transforms.tree_checks import check_updates_match_params
 
@@ -32,14 +32,14 @@ def _decay_then_trust_ratio(
     trust_coefficient: float,
     eps: float,
 ) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
-  _checks.check_non_negative("weight_decay", weight_decay)
   _checks.check_positive("trust_coefficient", trust_coefficient)
   _checks.check_non_negative("eps", eps)
   trust_ratio = optax.scale_by_trust_ratio(trust_coefficient=trust_coefficient, eps=eps)
   trust_mask = mask if trust_ratio_mask is None else trust_ratio_mask
   if trust_mask is not None:
     trust_ratio = optax.masked(trust_ratio, trust_mask)
-  return optax.add_decayed_weights(weight_decay, mask), trust_ratio
+  return (optax.add_decayed_weights(checked_rate("weight_decay", weight_decay), mask),
+          trust_ratio)
 
 
 @register("lamb")
@@ -79,10 +79,10 @@ def lamb(
     You et al., Large Batch Optimization for Deep Learning: Training BERT in
     76 minutes, ICLR 2020. https://arxiv.org/abs/1904.00962
   """
-  _checks.check_non_negative("learning_rate", learning_rate)
+  learning_rate = checked_rate("learning_rate", learning_rate)
   _checks.check_unit_interval("b1", b1)
   _checks.check_unit_interval("b2", b2)
-  _checks.check_non_negative("eps", eps)
+  _checks.check_eps("eps", eps, 1e-6)
   return optax.chain(
       check_updates_match_params(),
       optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
@@ -136,7 +136,7 @@ def lars(
     You, Gitman & Ginsburg, Large Batch Training of Convolutional Networks,
     2017. https://arxiv.org/abs/1708.03888
   """
-  _checks.check_non_negative("learning_rate", learning_rate)
+  learning_rate = checked_rate("learning_rate", learning_rate)
   _checks.check_unit_interval("momentum", momentum)
   return optax.chain(
       check_updates_match_params(),

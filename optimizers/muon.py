@@ -146,16 +146,18 @@ def muon(
   """
   ns_coefficients = optax_alias(
       "ns_coefficients", ns_coefficients, MUON_COEFFICIENTS, "ns_coeffs", ns_coeffs)
-  _checks.check_finite_numbers("ns_coefficients", ns_coefficients, length=3)
+  _checks.check_finite_numbers("ns_coefficients" if ns_coeffs is None else "ns_coeffs",
+                               ns_coefficients, length=3)
   _checks.check_unit_interval("beta", beta)
+  _checks.check_eps("eps", eps)  # m / (||m||_F + eps) is 0 / 0 for an all-zero m at eps = 0
   _checks.check_unit_interval("adam_b1", adam_b1)
   _checks.check_unit_interval("adam_b2", adam_b2)
-  _checks.check_non_negative("adam_eps", adam_eps)
-  _checks.check_non_negative("adam_weight_decay", adam_weight_decay)
+  _checks.check_eps("adam_eps", adam_eps)
+  _checks.check_rate("adam_weight_decay", adam_weight_decay)
   if adam_learning_rate is None:
     adam_learning_rate = learning_rate
   else:
-    _checks.check_non_negative("adam_learning_rate", adam_learning_rate)
+    _checks.check_rate("adam_learning_rate", adam_learning_rate)
   if bias_correction:
     momentum = debiased_ema(beta, nesterov)
   else:

@@ -77,7 +77,10 @@ def sara(
   _checks.check_unit_interval("b1", b1)
   _checks.check_unit_interval("b2", b2)
   _checks.check_positive("threshold", threshold)
-  _checks.check_non_negative("eps", eps)
+  _checks.check_eps("eps", eps)
+  _checks.check_non_negative("lambda_rank", lambda_rank)
+  if progressive_iter is not None:
+    _checks.check_non_negative("progressive_iter", progressive_iter)
   adamw = descend(optax.scale_by_adam(b1, b2, eps), learning_rate=learning_rate,
                   weight_decay=weight_decay, mask=mask)
   return optax.chain(

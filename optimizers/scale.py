@@ -90,7 +90,7 @@ def scale(
   if adam_learning_rate is None:
     adam_learning_rate = learning_rate
   else:
-    _checks.check_non_negative("adam_learning_rate", adam_learning_rate)
+    _checks.check_rate("adam_learning_rate", adam_learning_rate)
   decay = {"weight_decay": weight_decay, "mask": mask}
   normalized = descend(normalize_axis(0, eps=_RMS_CLAMP), learning_rate=learning_rate, **decay)
   head = descend(optax.ema(momentum, debias=False), normalize_axis(0, eps=_RMS_CLAMP),

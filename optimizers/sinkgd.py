@@ -76,9 +76,9 @@ def sinkgd(
   """
   _checks.check_unit_interval("b1", b1)
   _checks.check_unit_interval("b2", b2)
-  _checks.check_non_negative("adam_eps", adam_eps)
+  _checks.check_eps("adam_eps", adam_eps)
   if adam_learning_rate is not None:
-    _checks.check_non_negative("adam_learning_rate", adam_learning_rate)
+    _checks.check_rate("adam_learning_rate", adam_learning_rate)
   direction = descend(
       normalize_sinkhorn(NUM_ITERATIONS if num_iterations is None else num_iterations,
                          AXIS if axis is None else axis, eps),

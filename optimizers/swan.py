@@ -110,9 +110,9 @@ def swan(
   """
   _checks.check_unit_interval("b1", b1)
   _checks.check_unit_interval("b2", b2)
-  _checks.check_non_negative("adam_eps", adam_eps)
+  _checks.check_eps("adam_eps", adam_eps)
   if adam_learning_rate is not None:
-    _checks.check_non_negative("adam_learning_rate", adam_learning_rate)
+    _checks.check_rate("adam_learning_rate", adam_learning_rate)
   direction = descend(
       normalize_axis(AXIS if axis is None else axis, center=True, eps=eps),
       whiten_newton_schulz(NS_STEPS if ns_steps is None else ns_steps, eps),

@@ -32,7 +32,7 @@ import jax
 import optax
 
 from gradkit import _checks
-from gradkit.optimizers._recipe import LabelsOrFn, MaskOrFn, recipe, resolve_labels
+from gradkit.optimizers._recipe import LabelsOrFn, MaskOrFn, checked_rate, recipe, resolve_labels
 from gradkit.optimizers.matrix_labels import matrix_labels
 from gradkit.registry import register
 from gradkit.transforms.matrix_view import check_matrix
@@ -143,10 +143,11 @@ def trp(
     >>> import gradkit
     >>> tx = gradkit.create("trp", learning_rate=0.05, period=20)
   """
+  _checks.check_static_int("period", period)
   every = 1 if period is None else period
   check_truncation(rank, energy)
   _checks.check_unit_interval("momentum", momentum)
-  _checks.check_non_negative("weight_decay", weight_decay)
+  _checks.check_non_negative("nuclear_weight", nuclear_weight)
   kept = functools.partial(truncation_mask, rank=rank, energy=energy)
   selected = _selection(param_labels)
   return optax.chain(
@@ -154,7 +155,7 @@ def trp(
           optax.masked(
               add_nuclear_norm_subgradient(nuclear_weight, every=every, truncation=kept),
               selected),
-          optax.add_decayed_weights(weight_decay, mask),
+          optax.add_decayed_weights(checked_rate("weight_decay", weight_decay), mask),
           optax.trace(decay=momentum),
           learning_rate=learning_rate,
       ),

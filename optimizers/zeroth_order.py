@@ -200,9 +200,9 @@ def mezo_step(
   """
   if distribution not in DISTRIBUTIONS:
     raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
-  _checks.check_positive("eps", eps)
-  _checks.check_non_negative("learning_rate", learning_rate)
-  _checks.check_non_negative("weight_decay", weight_decay)
+  _checks.check_eps("eps", eps, 1e-3, _checks.FINITE_DIFFERENCE)
+  _checks.check_rate("learning_rate", learning_rate)
+  _checks.check_rate("weight_decay", weight_decay)
   mask = matrices_only if mask is None else mask
   options = _CPU_MEMORY_FIRST if jax.default_backend() == "cpu" else None
 

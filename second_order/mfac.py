@@ -78,7 +78,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from gradkit import _checks
-from gradkit.optimizers._recipe import MaskOrFn, recipe
+from gradkit.optimizers._recipe import MaskOrFn, checked_rate, recipe
 from gradkit.registry import register
 
 _HIGHEST = jax.lax.Precision.HIGHEST  # the reference disables TF32: K is badly scaled.
@@ -331,9 +331,8 @@ def mfac(
     https://github.com/IST-DASLab/M-FAC
   """
   _checks.check_unit_interval("momentum", momentum)
-  _checks.check_non_negative("weight_decay", weight_decay)
   return recipe(
-      optax.add_decayed_weights(weight_decay, mask),
+      optax.add_decayed_weights(checked_rate("weight_decay", weight_decay), mask),
       precondition_mfac(1024 if num_grads is None else num_grads, damping, block_size),
       optax.ema(momentum, debias=False),
       learning_rate=learning_rate,

@@ -143,7 +143,7 @@ def _scale_by_sophia(b1, b2, eps, gamma, clip_threshold, update_interval, estima
   """optax.contrib.sophia's step: clip(m̂ / max(γ h, eps)), h refreshed by `estimator`."""
   _checks.check_unit_interval("b1", b1)
   _checks.check_unit_interval("b2", b2)
-  _checks.check_non_negative("eps", eps)
+  _checks.check_eps("eps", eps)
   _checks.check_non_negative("gamma", gamma)
   _checks.check_positive("clip_threshold", clip_threshold)
   _checks.check_positive("update_interval", update_interval)

@@ -86,8 +86,8 @@ def _assert_quantizes(name, state):
     assert codes, f"{name}: no uint8 state"
 
 
-def _final_losses(name, problem, learning_rates, steps=STEPS):
-  """Final loss after `steps` steps at each rate, from one compiled program.
+def _losses(name, problem, learning_rates, steps=STEPS):
+  """(loss after the first step, after the last) at each rate, from one compiled program.
 
   The rate reaches the factory as a constant schedule returning the traced
   jit argument (every `learning_rate` accepts a schedule), so the grid's
@@ -98,26 +98,37 @@ def _final_losses(name, problem, learning_rates, steps=STEPS):
   extra = extra_update_args(factory(**hparams), problem)
 
   @jax.jit
-  def final_loss(lr):
+  def losses(lr):
     tx = factory(learning_rate=lambda count: lr, **hparams)
 
     def step(carry, _):
       params, state = carry
       updates, state = tx.update(problem.grad(params), state, params, **extra)
-      return (optax.apply_updates(params, updates), state), None
+      params = optax.apply_updates(params, updates)
+      return (params, state), problem.loss(params)
 
-    (params, _), _ = jax.lax.scan(step, (problem.params, tx.init(problem.params)), length=steps)
-    return problem.loss(params)
+    _, loss = jax.lax.scan(step, (problem.params, tx.init(problem.params)), length=steps)
+    return loss[0], loss[-1]
 
-  return [float(final_loss(jnp.float32(lr))) for lr in learning_rates]
+  return [tuple(float(x) for x in losses(jnp.float32(lr))) for lr in learning_rates]
+
+
+# A scheduled rate that turns negative or NaN makes the update NaN (the
+# recipe tail's `checked_rate`): the loss after the first step is NaN instead
+# of an ascent step's. Checked on the fit's compiled program, at no compile cost.
+BAD_SCHEDULED_RATES = (-1e-3, float("nan"))
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_fits_ill_conditioned_regression(name, regression):
   initial = float(regression.loss(regression.params))
-  finals = _final_losses(name, regression, FIT_RATES.get(name, LEARNING_RATES))
+  rates = FIT_RATES.get(name, LEARNING_RATES)
+  losses = _losses(name, regression, rates + BAD_SCHEDULED_RATES)
+  finals = [last for _, last in losses[:len(rates)]]
   best = min(f for f in finals if np.isfinite(f))
   assert best < 0.1 * initial, f"{name}: best final loss {best} vs initial {initial} ({finals})"
+  for rate, (first, _) in zip(BAD_SCHEDULED_RATES, losses[len(rates):]):
+    assert np.isnan(first), f"{name}: scheduled rate {rate} gave a finite step (loss {first})"
 
 
 # MeZO-style steps divide the difference of two loss values by 2 eps = 2e-3:

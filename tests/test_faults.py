@@ -40,8 +40,12 @@ def _sizes(name: str) -> dict:
   return QUANTIZED_SIZES if "min_size" in _parameters(name) else {}
 
 # One invalid value per hyperparameter name; every factory that takes the
-# name must reject it with a ValueError that names it.
+# name must reject it with a ValueError that names it (the user's argument,
+# as a word: not an internal name such as a primitive's `every` for trp's
+# `period`, nor `adam_eps` for `eps`). Every argument of every registered
+# factory is here or in NO_INVALID_VALUE.
 INVALID_HYPERPARAMETERS = {
+    "learning_rate": -1.0,
     "weight_decay": -0.1,
     "b1": 1.5,
     "b2": 1.5,
@@ -72,14 +76,71 @@ INVALID_HYPERPARAMETERS = {
     "threshold_scale": -1.0,
     "inactive_lr_scale": -1.0,
     "clip_threshold": -1.0,
+    "eps_root": -1.0,
+    "period": 0,
+    "progressive_iter": -1,
+    "limit_growth": False,
+    "lambda_rank": -1.0,
+    "nuclear_weight": -1.0,
+    "gamma": -1.0,
+    "gamma_init": -1.0,
+    "gamma_min": -1.0,
+    "max_tries": 0,
+    "cg_max_iters": 0,
+    "cg_tol": -1.0,
+    "hessian_power": -1.0,
+    "spatial_average_block": 0,
+    "delta": -1.0,
+    "wd_ratio": -1.0,
+    "dampening": 1.5,
+    "energy": 1.5,
+    "max_fraction": 1.5,
+    "threshold": -1.0,
+    "min_size": -1,
+    "num_grads": 0,
+    "scale": -1.0,
+    "proj_params_lr_scale": -1.0,
+    "axis": 5,
+    "mu_dtype": np.int8,
+    "ns_coefficients": (3.4445, -4.775),
+    "ns_coeffs": (3.4445, -4.775),
+    "proj_type": "bogus",
+    "proj_side": "bogus",
+    "distribution": "bogus",
+    "version": "bogus",
+    "block_order": "bogus",
+    "coord_choice": "bogus",
+    "granularity": "bogus",
+    "projector": "bogus",
+    "momentum_mode": "bogus",
+    "hessian": "bogus",
+    "inactive_update_rule": "bogus",
+    "limiter": "bogus",
+}
+# Arguments with no invalid value to check at build time, and why.
+NO_INVALID_VALUE = {
+    **dict.fromkeys(("mask", "trust_ratio_mask", "weight_decay_mask", "param_labels"),
+                    "a tree or a callable of the params: checked at init (test_unknown_label_...)"),
+    "keep_fp32": "None, a callable or a bool tree of the params: read at init",
+    "seed": "any int; a non-int fails at init naming it (PRNG key seed must be an integer)",
+    "min_dim": "any int is a threshold (leaves with min(m, n) > min_dim get the penalty)",
+    **dict.fromkeys(("nesterov", "adam_nesterov", "rectify", "proximal", "scale_front",
+                     "bias_correction", "conv_window_average", "normalize_by_max",
+                     "reset_statistics", "decoupled_weight_decay"), "a flag"),
 }
 INVALID_CASES = [(n, k) for n in NAMES for k in _parameters(n) if k in INVALID_HYPERPARAMETERS]
+
+
+def test_every_factory_argument_has_an_invalid_value_or_a_reason():
+  unlisted = sorted({k for n in NAMES for k in _parameters(n)}
+                    - set(INVALID_HYPERPARAMETERS) - set(NO_INVALID_VALUE))
+  assert not unlisted, f"add these to INVALID_HYPERPARAMETERS or NO_INVALID_VALUE: {unlisted}"
 
 
 @pytest.mark.parametrize(("name", "hyperparameter"), INVALID_CASES)
 def test_invalid_hyperparameter_is_rejected_at_build_time(name, hyperparameter):
   value = INVALID_HYPERPARAMETERS[hyperparameter]
-  with pytest.raises(ValueError, match=hyperparameter):
+  with pytest.raises(ValueError, match=rf"\b{hyperparameter}\b"):
     gradkit.create(name, **{hyperparameter: value})
 
 

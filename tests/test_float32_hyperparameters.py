@@ -75,7 +75,7 @@ def test_epsilons_that_float32_flushes_to_zero_are_rejected(name, argument, expo
 
 @pytest.mark.parametrize(("name", "hparams", "message"), [
     ("adahessian", {"update_interval": 2.5}, "update_interval must be an int"),
-    ("muon", {"ns_coeffs": (float("nan"), -4.775, 2.0315)}, "ns_coefficients must hold finite"),
+    ("muon", {"ns_coeffs": (float("nan"), -4.775, 2.0315)}, "ns_coeffs must hold finite"),
     ("muon", {"ns_coefficients": (3.4445, -4.775)}, "ns_coefficients must hold 3 numbers"),
     ("lion", {"mu_dtype": np.int8}, "mu_dtype must be None or a floating dtype"),
 ])

@@ -174,7 +174,7 @@ def scale_by_cosmos(
   """
   _checks.check_unit_interval("b1", b1)
   _checks.check_unit_interval("b2", b2)
-  _checks.check_non_negative("eps", eps)
+  _checks.check_eps("eps", eps)
   _checks.check_non_negative("lr_ratio", lr_ratio)
   _checks.check_non_negative("gamma", gamma)
   for name, value in (("rank", rank), ("ns_steps", ns_steps)):

@@ -184,7 +184,7 @@ def dice_sgd(
     >>> [round(float(x), 4) for x in updates["w"]]
     [-0.045, -0.06]
   """
-  _checks.check_non_negative("learning_rate", learning_rate)
+  _checks.check_rate("learning_rate", learning_rate)
   return optax.chain(
       dice_sgd_aggregate(clip_threshold, feedback_clip_threshold, noise_multiplier, seed,
                          noise_calibration),
@@ -220,7 +220,7 @@ def dp_sgd(
     Abadi et al., "Deep Learning with Differential Privacy", CCS 2016.
     https://arxiv.org/abs/1607.00133
   """
-  _checks.check_non_negative("learning_rate", learning_rate)
+  _checks.check_rate("learning_rate", learning_rate)
   _checks.check_non_negative("clip_threshold", clip_threshold)
   _checks.check_non_negative("noise_multiplier", noise_multiplier)
   return optax.chain(

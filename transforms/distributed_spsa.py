@@ -121,8 +121,8 @@ def distributed_spsa_step(
     >>> step_fn = distributed_spsa_step(loss, mesh, learning_rate=1e-3)
     >>> params, info = step_fn(params, batch, jax.random.key(0), 0)
   """
-  _checks.check_non_negative("learning_rate", learning_rate)
-  _checks.check_positive("eps", eps)
+  _checks.check_rate("learning_rate", learning_rate)
+  _checks.check_eps("eps", eps, 1e-3, _checks.FINITE_DIFFERENCE)
   _checks.check_positive("one_byte_scale", one_byte_scale)
   if isinstance(num_perturbations, bool) or not isinstance(num_perturbations, int) \
       or num_perturbations < 1:

@@ -238,7 +238,7 @@ def scale_by_fedhyper_client_lr(
     official code: https://github.com/ATP-1010/FedHyper
   """
   if not callable(learning_rate):
-    _checks.check_non_negative("learning_rate", learning_rate)
+    _checks.check_rate("learning_rate", learning_rate)
   _checks.check_non_negative("global_weight", global_weight)
   _checks.check_positive("max_growth", max_growth)
   lo, hi = _check_bounds("multiplier_bounds", multiplier_bounds)

@@ -266,13 +266,21 @@ def check_positive_int(name: str, value: int | Callable[..., int] | None) -> Non
   _checks.check_static_int(name, value)
 
 
+def check_side(name: str, side: Any) -> None:
+  """ValueError naming `name` unless `side` is one of the projection sides.
+
+  Recipes call it with their own argument name (`proj_type`, `proj_side`).
+  """
+  if side not in _SIDES:
+    raise ValueError(f"{name} must be one of {_SIDES}, got {side!r}")
+
+
 def check_projection_options(rank: Rank, update_every: Period, side: Side, kind: Kind) -> None:
   """ValueError for a rank or period that is not a positive int (or a per-leaf
   rule), or an unknown option."""
   check_positive_int("rank", rank)
   check_positive_int("update_every", update_every)
-  if side not in _SIDES:
-    raise ValueError(f"side must be one of {_SIDES}, got {side!r}")
+  check_side("side", side)
   if kind not in _KINDS:
     raise ValueError(f"projector kind must be one of {_KINDS}, got {kind!r}")
 

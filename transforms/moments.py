@@ -180,7 +180,7 @@ def scale_by_adan_official(
   _checks.check_unit_interval("b1", b1)
   _checks.check_unit_interval("b2", b2)
   _checks.check_unit_interval("b3", b3)
-  _checks.check_non_negative("eps", eps)
+  _checks.check_eps("eps", eps)
 
   def init_fn(params):
     # One zeros tree per field: a shared tree could not be donated under jit.
@@ -314,7 +314,7 @@ def scale_by_adam_eps_before_correction(
   """
   _checks.check_unit_interval("b1", b1)
   _checks.check_unit_interval("b2", b2)
-  _checks.check_non_negative("eps", eps)
+  _checks.check_eps("eps", eps)
 
   def direction(updates, state):
     del updates
@@ -359,7 +359,7 @@ def scale_by_adam_lookahead(
   """
   _checks.check_unit_interval("b1", b1)
   _checks.check_unit_interval("b2", b2)
-  _checks.check_non_negative("eps", eps)
+  _checks.check_eps("eps", eps)
 
   def direction(updates, state):
     lookahead = optax.tree.update_moment(updates, state.mu, b1, 1)

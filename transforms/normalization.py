@@ -131,7 +131,7 @@ def normalize_axis(
     [[0.8485, 0.0], [1.1314, 1.4142]]
   """
   _check_axis(axis)
-  _checks.check_non_negative("eps", eps)
+  _checks.check_eps("eps", eps)
   name = "normalize_axis(center=True)" if center else "normalize_axis"
   return stateless_matrix_transform(lambda m: rms_normalize(m, axis, center, eps), name)
 
@@ -158,6 +158,6 @@ def normalize_sinkhorn(
   """
   _check_iterations(num_iterations)
   _check_axis(axis)
-  _checks.check_non_negative("eps", eps)
+  _checks.check_eps("eps", eps)
   return stateless_matrix_transform(
       lambda m: sinkhorn_normalize(m, num_iterations, axis, eps), "normalize_sinkhorn")

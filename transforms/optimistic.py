@@ -96,7 +96,7 @@ def optimistic_multiplicative_weights(
     Chen, Zhang, Tu, Zhao & Zhang, "Optimistic Online Mirror Descent for Bridging Stochastic and
     Adversarial Online Convex Optimization", ICML 2023. https://arxiv.org/abs/2302.04552
   """
-  _checks.check_non_negative("learning_rate", learning_rate)
+  _checks.check_rate("learning_rate", learning_rate)
 
   def eta(count):
     return learning_rate(count) if callable(learning_rate) else learning_rate

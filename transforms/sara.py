@@ -83,6 +83,8 @@ def select_small_weights(
 
 def _unzip(pairs: Any, like: Any) -> tuple[Any, Any]:
   """A tree of pairs (shaped like `like`) as a pair of trees."""
+  if not jax.tree.leaves(like):  # no pairs to transpose: both trees are `pairs` itself
+    return pairs, pairs
   return jax.tree.transpose(jax.tree.structure(like), jax.tree.structure((0, 0)), pairs)
 
 

@@ -177,7 +177,7 @@ def estimate_spsa_gradient(
     raise ValueError(f"num_perturbations must be an int >= 1, got {num_perturbations!r}")
   if distribution not in DISTRIBUTIONS:
     raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
-  _checks.check_positive("eps", eps)
+  _checks.check_eps("eps", eps, 1e-3, _checks.FINITE_DIFFERENCE)
 
   def init_fn(params):
     del params
