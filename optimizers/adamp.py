@@ -60,6 +60,7 @@ def adamp(
   """
   _checks.check_unit_interval("b1", b1)
   _checks.check_unit_interval("b2", b2)
+  _checks.check_eps("eps", eps)
   moments = (
       scale_by_adam_lookahead(b1, b2, eps)
       if nesterov

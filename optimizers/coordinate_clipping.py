@@ -109,6 +109,7 @@ def adam_clip(
     >>> tx = gradkit.optimizers.adam_clip(learning_rate=3e-3)
     >>> state = tx.init({"w": jnp.ones((2, 2))})
   """
+  _checks.check_eps("eps", eps)
   return recipe(
       scale_by_adam_clipped_first_moment(fraction, b1, b2, eps, threshold_scale),
       learning_rate=learning_rate, weight_decay=weight_decay, mask=mask,

@@ -124,6 +124,29 @@ def quantized_view(state: QuantizedState) -> optax.OptState:
   )
 
 
+def with_scales_of(state: QuantizedState, like: QuantizedState) -> QuantizedState:
+  """`state` with each tiled absmax that fits its codes replaced by `like`'s.
+
+  The layout of an 8-bit leaf depends on its parameter's sharding when
+  `init` ran, which `jax.eval_shape(tx.init, params)` does not see; a check
+  of a state against that shape compares this instead.
+
+  Args:
+    state: a `QuantizedState`.
+    like: the `QuantizedState` (or its shapes) to compare it with.
+
+  Returns:
+    `state`, its tiled scales (absmax of the codes' rank, each extent
+    dividing the codes') swapped for `like`'s.
+  """
+  codes = [x for x in jax.tree.leaves(state.inner, is_leaf=_is_quantized_state) if _is_codes(x)]
+  if not len(codes) == len(state.absmax) == len(like.absmax):
+    return state
+  fits = lambda c, a: _tiled(c, a) and all(n % g == 0 for n, g in zip(c.shape, a.shape))  # noqa: E731
+  return state._replace(absmax=tuple(
+      e if fits(c, a) else a for c, a, e in zip(codes, state.absmax, like.absmax)))
+
+
 def _path_mentions_embedding(path: tuple[Any, ...], leaf: Any) -> bool:
   del leaf
   return "embedding" in jax.tree_util.keystr(path).lower()

@@ -101,9 +101,24 @@ _OTHER_PARAMETERS = ("The state was initialised for other parameters (or restore
                      "update")
 
 
+def _with_expected_scale_layouts(state: Any, expected: Any) -> Any:
+  """`state` with the 8-bit scales that follow a sharding (`quantized`'s tiles)
+  shown in the layout `expected` has, where they fit their codes."""
+  from gradkit.transforms.quantized_state import QuantizedState, with_scales_of  # noqa: PLC0415
+
+  is_quantized = lambda node: isinstance(node, QuantizedState)  # noqa: E731
+  try:
+    return jax.tree.map(
+        lambda got, want: with_scales_of(got, want) if is_quantized(got) and is_quantized(want)
+        else got, state, expected, is_leaf=is_quantized)
+  except (ValueError, TypeError):  # other structures: reported by the caller
+    return state
+
+
 def _describe_state_mismatch(state: Any, expected: Any, params: Any,
                              compare_dtypes: bool) -> str | None:
   """The first way `state` differs from `expected` (`jax.eval_shape(tx.init, params)`)."""
+  state = _with_expected_scale_layouts(state, expected)
   got, got_def = jax.tree_util.tree_flatten_with_path(state)
   want, want_def = jax.tree_util.tree_flatten_with_path(expected)
   if got_def != want_def:
